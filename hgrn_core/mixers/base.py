@@ -1,0 +1,49 @@
+"""The token-mixer interface and the registry of mixers by name.
+
+A token mixer maps ``(B, N, C) -> (B, N, C)`` and receives its layer's forget-gate lower
+bound ``gamma_k`` of shape (C,) (``None`` outside a hierarchical model). Mixers that have
+no use for it (attention) ignore it, so every mixer plugs into the same blocks.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Type
+
+from torch import Tensor, nn
+
+
+class TokenMixer(nn.Module):
+    """Base class: subclasses implement ``forward(x, lower_bound=None)``."""
+
+    def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None) -> Tensor:
+        raise NotImplementedError
+
+
+_MIXERS: Dict[str, Type[TokenMixer]] = {}
+
+
+def register_mixer(name: str) -> Callable[[Type[TokenMixer]], Type[TokenMixer]]:
+    def wrap(cls: Type[TokenMixer]) -> Type[TokenMixer]:
+        _MIXERS[name] = cls
+        return cls
+    return wrap
+
+
+def list_mixers() -> list[str]:
+    return sorted(_MIXERS)
+
+
+def create_mixer(name: str, dim: int, **kwargs) -> TokenMixer:
+    """Build the mixer registered as ``name`` for width ``dim``."""
+    if name not in _MIXERS:
+        raise ValueError(f"unknown token mixer {name!r}; choose one of {list_mixers()}")
+    return _MIXERS[name](dim, **kwargs)
+
+
+def check_tokens(x: Tensor, dim: int, who: str) -> None:
+    """Clear errors for the most common misuse: wrong rank or width."""
+    if x.dim() != 3:
+        raise ValueError(f"{who} expects tokens of shape (B, N, {dim}); got a {x.dim()}-D "
+                         f"tensor of shape {tuple(x.shape)}")
+    if x.shape[-1] != dim:
+        raise ValueError(f"{who} was built for {dim} channels; got tokens of shape "
+                         f"{tuple(x.shape)}")
