@@ -22,10 +22,9 @@ Feature layout: like timm's MambaOut, ``forward_features`` returns the token gri
 NHWC ``(B, H, W, C)`` (``output_fmt = 'NHWC'``); ``x.flatten(1, 2)`` gives the (B, N, C)
 token sequence in scan order. ``global_pool=''`` keeps that grid.
 """
-from __future__ import annotations
-
 import math
 from contextlib import nullcontext
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import torch
@@ -45,7 +44,7 @@ from timm.models._registry import generate_default_cfgs, register_model
 
 from hgrn_core import AttentionMixer, HGRU, HierarchicalLowerBound, TokenMixer, create_mixer
 
-__all__ = ['HgrnDeiT', 'Block', 'WeightlessRMSNorm', 'checkpoint_filter_fn']
+__all__ = ['HgrnDeiT', 'Block', 'WeightlessRMSNorm', 'checkpoint_filter_fn', 'check_image_input']
 
 # The scan lives in custom ops: symbolic tracing (torch.fx / timm feature extraction) keeps
 # token mixers whole, as leaf modules, instead of tracing through their Python checks.
@@ -54,7 +53,7 @@ for _mixer_cls in (TokenMixer, HGRU, AttentionMixer):
 
 
 @register_notrace_function
-def _check_image(x: torch.Tensor, in_chans: int, patch_size: Tuple[int, int]) -> None:
+def check_image_input(x: torch.Tensor, in_chans: int, patch_size: Tuple[int, int]) -> None:
     """Clear errors for the two ways an image can be wrong for this model."""
     if x.dim() != 4:
         raise ValueError(
@@ -98,10 +97,6 @@ class Block(nn.Module):
     The GLU is timm's ``GluMlp`` with ``gate_last=False``: ``mlp.fc1`` rows are
     ``[W1 (SiLU branch) | W2 (linear branch)]``, ``mlp.fc2`` is W3.
     """
-    # TorchScript: the HGRU dispatches to a Python-registered scan backend; the scripted
-    # block calls it through the ignored ``_mix`` instead of compiling it.
-    __jit_ignored_attributes__ = ['mixer']
-
     def __init__(
             self,
             dim: int,
@@ -130,12 +125,8 @@ class Block(nn.Module):
         )
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    @torch.jit.ignore
-    def _mix(self, x: torch.Tensor, lower_bound: Optional[torch.Tensor]) -> torch.Tensor:
-        return self.mixer(x, lower_bound)
-
     def forward(self, x: torch.Tensor, lower_bound: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.drop_path1(self._mix(self.norm1(x), lower_bound))
+        x = x + self.drop_path1(self.mixer(self.norm1(x), lower_bound))
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x
 
@@ -199,14 +190,14 @@ class HgrnDeiT(nn.Module):
             proj_drop_rate: Dropout inside the GLU (and attention projection).
             attn_drop_rate: Attention dropout (``mixer='attention'`` only).
             drop_path_rate: Stochastic depth rate, linearly increasing over the blocks.
-            norm_layer: Block norm (default timm LayerNorm, eps 1e-5 as the released code).
+            norm_layer: Block norm (default nn.LayerNorm, eps 1e-5 as the released code).
             weight_init: '' (timm ViT-style init) or 'skip'.
         """
         super().__init__()
         assert global_pool in ('', 'avg', 'max', 'avgmax'), \
             "global_pool must be one of '', 'avg', 'max', 'avgmax'"
         dd = {'device': device, 'dtype': dtype}
-        norm_layer = norm_layer or LayerNorm
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-5)  # as the released code
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.global_pool = global_pool
@@ -234,7 +225,7 @@ class HgrnDeiT(nn.Module):
                 embed_dim=embed_dim,
                 flatten=False,
                 output_fmt='NHWC',
-                strict_img_size=False,  # size checked in _check_image (any multiple of the patch)
+                strict_img_size=False,  # size checked in check_image_input (any multiple of the patch)
                 **dd,
             )
             reduction = self.patch_size[0]
@@ -313,14 +304,8 @@ class HgrnDeiT(nn.Module):
         return self.lower_bound() if self.lower_bound is not None else None
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        _check_image(x, self.in_chans, self.patch_size)
+        check_image_input(x, self.in_chans, self.patch_size)
         return self.patch_embed(x)  # (B, H, W, C)
-
-    def _run_block(self, i: int, blk: nn.Module, x: torch.Tensor, gammas: Optional[torch.Tensor]):
-        gamma = gammas[i] if gammas is not None else None
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(blk, x, gamma)
-        return blk(x, gamma)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self._embed(x)
@@ -328,7 +313,11 @@ class HgrnDeiT(nn.Module):
         x = x.reshape(B, H * W, C)
         gammas = self._lower_bounds()
         for i, blk in enumerate(self.blocks):
-            x = self._run_block(i, blk, x, gammas)
+            gamma = gammas[i] if gammas is not None else None
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, gamma)
+            else:
+                x = blk(x, gamma)
         x = self.norm(x)
         return x.reshape(B, H, W, C)
 
@@ -366,7 +355,11 @@ class HgrnDeiT(nn.Module):
         else:
             blocks = self.blocks[:max_index + 1]
         for i, blk in enumerate(blocks):
-            x = self._run_block(i, blk, x, gammas)
+            gamma = gammas[i] if gammas is not None else None
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, gamma)
+            else:
+                x = blk(x, gamma)
             if i in take_indices:
                 y = self.norm(x) if norm else x
                 if output_fmt == 'NCHW':
@@ -398,16 +391,15 @@ class HgrnDeiT(nn.Module):
         return take_indices
 
     def pool(self, x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
-        """Pool an NHWC token grid (a (B, N, C) sequence also works) over the tokens."""
+        """Pool the NHWC token grid of ``forward_features`` over all tokens."""
         pool_type = self.global_pool if pool_type is None else pool_type
         if not pool_type:
             return x
-        dims = (1, 2) if x.dim() == 4 else (1,)
         if pool_type == 'avg':
-            return x.mean(dim=dims)
+            return x.mean(dim=(1, 2))
         if pool_type == 'max':
-            return x.amax(dim=dims)
-        return 0.5 * (x.mean(dim=dims) + x.amax(dim=dims))  # avgmax
+            return x.amax(dim=(1, 2))
+        return 0.5 * (x.mean(dim=(1, 2)) + x.amax(dim=(1, 2)))  # avgmax
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pool(x)
