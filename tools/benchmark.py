@@ -458,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import", dest="imports", nargs="+", default=[], metavar="MODULE",
                    help="extra modules to import (plugins registering timm models)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-case lines")
+    p.add_argument("--from-json", nargs="+", default=None, metavar="JSON",
+                   help="no run: merge earlier JSON results and write --out / --plot from them")
     p.add_argument("--_worker", help=argparse.SUPPRESS)
     return p
 
@@ -467,6 +469,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args._worker:  # child of run_case_subprocess: one case, one JSON line
         rec = run_case(json.loads(args._worker))
         sys.stdout.write("\n" + json.dumps(rec) + "\n")
+        return 0
+    if args.from_json:
+        results, metas = [], []
+        for path in args.from_json:
+            with open(path) as f:
+                data = json.load(f)
+            results += data["results"]
+            metas.append(data.get("meta", {}))
+        print(format_table(results))
+        write_reports(results, args.out, {"merged_from": args.from_json, "runs": metas})
+        if args.plot:
+            m = metas[0] if metas else {}
+            dev = m.get("cuda") or f"{m.get('cpu', 'CPU')} ({results[0].get('threads')} threads)"
+            plot(results, args.plot, title=f"{dev}; " + m.get("timing", ""))
         return 0
     if args.threads is None:
         args.threads = os.cpu_count()
