@@ -17,11 +17,14 @@ def _loop_complex(u, v, lam, theta, h0r, h0i, reverse):
     cos, sin = torch.cos(theta), torch.sin(theta)
     hr = h0r if h0r is not None else u.new_zeros(B, D)
     hi = h0i if h0i is not None else u.new_zeros(B, D)
+    # unbind once: indexing u[:, t] in the loop would make autograd build a full-size
+    # gradient per step (quadratic in N)
+    u, v, lam = u.unbind(1), v.unbind(1), lam.unbind(1)
     out_r, out_i = [None] * N, [None] * N
     for t in (reversed(range(N)) if reverse else range(N)):
-        a = lam[:, t] * cos
-        b = lam[:, t] * sin
-        hr, hi = a * hr - b * hi + u[:, t], a * hi + b * hr + v[:, t]
+        a = lam[t] * cos
+        b = lam[t] * sin
+        hr, hi = a * hr - b * hi + u[t], a * hi + b * hr + v[t]
         out_r[t], out_i[t] = hr, hi
     return torch.stack(out_r, 1), torch.stack(out_i, 1), hr, hi
 
@@ -29,9 +32,10 @@ def _loop_complex(u, v, lam, theta, h0r, h0i, reverse):
 def _loop_real(x, lam, h0, reverse):
     B, N, D = x.shape
     h = h0 if h0 is not None else x.new_zeros(B, D)
+    x, lam = x.unbind(1), lam.unbind(1)
     out = [None] * N
     for t in (reversed(range(N)) if reverse else range(N)):
-        h = lam[:, t] * h + x[:, t]
+        h = lam[t] * h + x[t]
         out[t] = h
     return torch.stack(out, 1), h
 

@@ -70,7 +70,8 @@ class HGRU(TokenMixer):
         return inputs, lam, F.silu(gate)
 
     def _output(self, h: Tensor, gate: Tensor) -> Tensor:
-        return self.out_proj(self.norm(h) * gate)
+        # the state is fp32 (see _gates); a model cast to bf16/fp16 wants its own dtype here
+        return self.out_proj(self.norm(h.to(self.norm.weight.dtype)) * gate)
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None) -> Tensor:
