@@ -146,6 +146,30 @@ class TorchBackend(ScanBackend):
         return (dx.real, dx.imag, dlam, dtheta,
                 None if dh0 is None else dh0.real, None if dh0 is None else dh0.imag)
 
+    # Bidirectional: both directions share the complex input and the output gradient, so
+    # they are built once (the base class would build them once per direction).
+    def bidirectional_forward(self, u, v, lam, theta_f, theta_r):
+        dt = compute_dtype(u.dtype)
+        x, lam = _complex(u, v, dt), lam.to(dt)
+        h, _ = linear_scan(x, lam * _rotation(theta_f, dt), None, False)
+        h_rev, _ = linear_scan(x, lam * _rotation(theta_r, dt), None, True)
+        h += h_rev
+        return h.real, h.imag
+
+    def bidirectional_backward(self, ghr, ghi, u, v, lam, theta_f, theta_r):
+        dt = compute_dtype(u.dtype)
+        x, lam, g = _complex(u, v, dt), lam.to(dt), _complex(ghr, ghi, dt)
+        dx, dlam, dthetas = 0, 0, []
+        for theta, reverse in ((theta_f, False), (theta_r, True)):
+            rotation = _rotation(theta, dt)
+            a = lam * rotation
+            h, _ = linear_scan(x, a, None, reverse)
+            d_x, da, _ = _scan_backward(g, None, a, h, None, reverse)
+            dx = dx + d_x
+            dlam = dlam + (da * rotation.conj()).real
+            dthetas.append((da * (1j * a).conj()).real.sum((0, 1)))
+        return dx.real, dx.imag, dlam, dthetas[0], dthetas[1]
+
     def real_forward(self, x, lam, h0, reverse):
         dt = compute_dtype(x.dtype)
         return linear_scan(x.to(dt), lam.to(dt), None if h0 is None else h0.to(dt), reverse)
