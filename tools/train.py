@@ -53,7 +53,7 @@ DIGITS_DATASET = 'sklearn/digits'
 DEFAULT_DIGITS_CONFIG = {
     'dataset': DIGITS_DATASET,
     'model': 'hgrn_deit_tiny',
-    'model_kwargs': {'img_size': 16, 'patch_size': 2, 'embed_dim': 64, 'depth': 4, 'glu_hidden_dim': 128},
+    'model_kwargs': {'img_size': 16, 'patch_size': 4, 'embed_dim': 64, 'depth': 4, 'glu_hidden_dim': 128},
     'device_modules': ['hgrn_vision'],
     'num_classes': 10,
     'img_size': 16,
@@ -63,7 +63,7 @@ DEFAULT_DIGITS_CONFIG = {
     'interpolation': 'bilinear',
     'train_interpolation': 'bilinear',
     'batch_size': 64,
-    'epochs': 12,
+    'epochs': 10,
     'opt': 'adamw',
     'lr': 2.0e-3,
     'weight_decay': 0.05,
@@ -421,6 +421,12 @@ def read_checkpoint(path, what='checkpoint'):
     """torch.load with a clear error naming the file when it is missing, truncated or not a checkpoint."""
     if not path or not os.path.isfile(path):
         raise TrainError(f'{what} not found: {path}')
+    if path.endswith('.safetensors'):
+        try:
+            from safetensors.torch import load_file
+            return load_file(path, device='cpu')
+        except Exception as e:
+            raise TrainError(f'cannot read {what} {path}: corrupt or not safetensors ({e})') from None
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location='cpu', weights_only=True)
@@ -677,7 +683,7 @@ def _list_models():
 
 
 def _output_dir(args, resume_path):
-    if resume_path and not args.output and not args.experiment:
+    if resume_path and not args.experiment:
         return os.path.dirname(os.path.abspath(resume_path))  # continue the run where it was
     base = args.output or './output'
     if args.experiment:
@@ -715,10 +721,8 @@ def run(args):
                              f'not "{args.model}"')
     init_ckpt_path = args.initial_checkpoint or (args.resume if args.validate_only else '')
     init_ckpt = None
-    if init_ckpt_path and resume_ckpt is None:
-        init_ckpt = read_checkpoint(init_ckpt_path, 'checkpoint')
-    elif init_ckpt_path:
-        init_ckpt = resume_ckpt
+    if init_ckpt_path:
+        init_ckpt = resume_ckpt if init_ckpt_path == args.resume else read_checkpoint(init_ckpt_path, 'checkpoint')
 
     utils.random_seed(args.seed, args.rank)
     model = _create_model(args)
@@ -729,7 +733,7 @@ def run(args):
         sd = init_ckpt.get(key, init_ckpt if key == 'state_dict' else None)
         sd = init_ckpt.get('model', sd) if 'state_dict' not in init_ckpt else sd
         load_weights_checked(model, sd, init_ckpt_path)
-    if resume_ckpt is not None:
+    if resume_ckpt is not None and not args.validate_only:
         load_weights_checked(model, resume_ckpt['state_dict'], args.resume)
 
     data_config = resolve_data_config(vars(args), model=model, verbose=primary)
@@ -873,14 +877,15 @@ def run(args):
     # --- outputs (rank 0 writes) ---
     output_dir, saver, summary_csv = None, None, None
     if primary:
-        output_dir = _output_dir(args, args.resume)
+        output_dir = os.path.abspath(_output_dir(args, args.resume))
         saver = AtomicCheckpointSaver(
             model=model, optimizer=optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=decreasing,
             max_history=args.checkpoint_hist)
         summary_csv = os.path.join(output_dir, 'summary.csv')
         if args.resume and os.path.dirname(os.path.abspath(args.resume)) == os.path.abspath(output_dir):
-            saver.load_state_dict(resume_ckpt.get('saver', {})) if resume_ckpt.get('saver') else None
+            if resume_ckpt.get('saver'):
+                saver.load_state_dict(resume_ckpt['saver'])  # keep ranking / pruning checkpoint-N files
         utils.trim_summary(summary_csv, start_epoch)
         with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
             yaml.safe_dump({k: v for k, v in vars(args).items() if _yaml_ok(v)}, f, default_flow_style=False)
