@@ -482,7 +482,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.plot:
             m = metas[0] if metas else {}
             dev = m.get("cuda") or f"{m.get('cpu', 'CPU')} ({results[0].get('threads')} threads)"
-            plot(results, args.plot, title=f"{dev}; " + m.get("timing", ""))
+            plot(results, args.plot, title=f"{dev}; merged from {len(args.from_json)} run(s), "
+                                           "timing per run in the JSON")
         return 0
     if args.threads is None:
         args.threads = os.cpu_count()
