@@ -154,10 +154,6 @@ def test_model_default_cfgs(model_name):
     assert not [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=False,
-                   reason='part of timm test_model_default_cfgs (_assert_dtype_change_after_forward): '
-                          'hgrn_core.HGRU returns an fp32 scan state into a bf16 LayerNorm when the '
-                          'weights themselves are bf16 (autocast is fine); fix belongs in hgrn_core')
 @pytest.mark.parametrize('model_name', MODELS[-1:])
 def test_model_dtype_change_after_forward(model_name):
     model = create_model(model_name, **FAST).eval()

@@ -382,10 +382,6 @@ def test_to_float64_and_devices():
         torch.testing.assert_close(model.cuda()(x.cuda()).cpu(), ref, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=False,
-                   reason='hgrn_core.HGRU keeps its scan state in fp32 and feeds it to a bf16 '
-                          'LayerNorm: "mixed dtype (CPU)". Needs h cast to the gate dtype in '
-                          'HGRU._output (hgrn_core); autocast is unaffected.')
 def test_pure_bf16_weights():
     model = _small(num_classes=4).eval().to(torch.bfloat16)
     out = model(torch.randn(1, 3, 28, 28, dtype=torch.bfloat16))
