@@ -220,15 +220,17 @@ def test_long_sequence_stable_and_accurate():
 
 
 def test_chunk_sizes_agree():
-    """The chunked scan gives the same answer whatever the chunk size (incl. 1 and > N)."""
+    """The chunked scan gives the same answer whatever the chunk size (incl. 1 and > N),
+    for complex and real states."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 50, 3, generator=g, dtype=torch.complex128)
-    a = torch.rand(2, 50, 3, generator=g, dtype=torch.float64) * torch.polar(
-        torch.ones(3, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64))
+    lam = torch.rand(2, 50, 3, generator=g, dtype=torch.float64)
+    rot = torch.polar(torch.ones(3, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64))
     h0 = torch.randn(2, 3, generator=g, dtype=torch.complex128)
-    for reverse in (False, True):
-        expected, last = linear_scan(x, a, h0, reverse, chunk=1)
-        for chunk in (2, 3, 7, 16, 64):
-            h, fin = linear_scan(x, a, h0, reverse, chunk=chunk)
-            torch.testing.assert_close(h, expected)
-            torch.testing.assert_close(fin, last)
+    for xs, r, s0 in ((x, rot, h0), (x.real.contiguous(), None, h0.real.contiguous())):
+        for reverse in (False, True):
+            expected, last = linear_scan(xs, lam, r, s0, reverse, chunk=1)
+            for chunk in (2, 3, 7, 16, 64):
+                h, fin = linear_scan(xs, lam, r, s0, reverse, chunk=chunk)
+                torch.testing.assert_close(h, expected)
+                torch.testing.assert_close(fin, last)

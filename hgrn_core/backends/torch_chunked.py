@@ -1,13 +1,20 @@
 """The ``torch`` backend: a chunked scan in plain PyTorch, for any device.
 
-The sequence is cut into chunks of C positions. Inside every chunk a short loop of C
-steps runs for all chunks at once (one step touches a (B, N/C, D) slice), producing
-the chunk-local state and the running product of decays. A second loop of N/C steps
-carries the state across chunks, and one fused multiply-add adds each carry, decayed,
-to its chunk. That is about 2*sqrt(N) Python steps instead of N, and nothing is ever
-divided by a decay: running products only shrink (|lam| <= 1), so long sequences with
-lam near 0 or near 1 stay finite and accurate; a product that underflows to 0 is the
-right limit.
+The sequence is cut into chunks of C positions (C ~ sqrt(N)); every loop step below
+works on all chunks at once, a (B, N/C, D) slice:
+
+1. a loop of C steps runs each chunk from a zero state and keeps only its end state;
+2. a loop of N/C steps carries the state across chunks, each chunk's total decay being
+   prod(lam) * e^{i theta C} (one vectorised product);
+3. a second loop of C steps re-runs each chunk from its carried state and writes the
+   outputs directly.
+
+That is about 2*sqrt(N) + sqrt(N) Python steps instead of N, and it never divides by a
+decay: products only shrink (lam <= 1), so long sequences with lam near 0 or near 1 stay
+finite and accurate; a product that underflows to 0 is the right limit. Per-step decays
+lam_t e^{i theta} are formed on the (small, cache-resident) slice, never as a full
+(B, N, D) complex tensor: on a CPU every full-size temporary costs fresh pages, which
+measured more than the arithmetic.
 
 The complex state uses torch's complex dtype (one fused op per complex multiply-add).
 Gradients are hand-written (spec §5): the backward of a scan is the same scan run the
@@ -16,6 +23,7 @@ other way over the output gradients, with conjugated decays shifted by one step.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -28,10 +36,12 @@ def chunk_size_for(n: int) -> int:
     return max(1, 2 ** math.ceil(math.log2(max(n, 1)) / 2))
 
 
-def linear_scan(x: Tensor, a: Tensor, h0: Tensor | None, reverse: bool, chunk: int | None = None):
-    """``h_t = a_t * h_{t-1} + x_t`` along dim 1 (``h_{t+1}`` when ``reverse``).
+def linear_scan(x: Tensor, lam: Tensor, rot: Optional[Tensor], h0: Optional[Tensor],
+                reverse: bool, chunk: Optional[int] = None):
+    """``h_t = lam_t * rot * h_{t-1} + x_t`` along dim 1 (``h_{t+1}`` when ``reverse``).
 
-    ``x, a``: (B, N, D), same dtype (real or complex); ``h0``: (B, D) or None.
+    ``x``: (B, N, D), real or complex; ``lam``: (B, N, D) real; ``rot``: (D,) complex
+    (e^{i theta}) or None for a real scan; ``h0``: (B, D) or None.
     Returns ``h`` (B, N, D) and the final state (B, D).
     """
     B, N, D = x.shape
@@ -39,72 +49,95 @@ def linear_scan(x: Tensor, a: Tensor, h0: Tensor | None, reverse: bool, chunk: i
     n_chunks = -(-N // C)
     pad = n_chunks * C - N
     if pad:
-        # decay 1, input 0: the state passes through the padding unchanged, so an initial
-        # state entering a reverse scan from the end, and the final state, stay exact.
-        x = torch.cat([x, x.new_zeros(B, pad, D)], 1)
-        a = torch.cat([a, a.new_ones(B, pad, D)], 1)
+        # Padding goes after the last position in scan order (the end of a forward scan, the
+        # start of a reverse one), so the initial state still enters at the first real
+        # position; padded outputs are dropped and the final state is read at the last
+        # real position.
+        zeros = x.new_zeros(B, pad, D), lam.new_zeros(B, pad, D)
+        x = torch.cat([zeros[0], x] if reverse else [x, zeros[0]], 1)
+        lam = torch.cat([zeros[1], lam] if reverse else [lam, zeros[1]], 1)
     xc = x.reshape(B, n_chunks, C, D)
-    ac = a.reshape(B, n_chunks, C, D)
-
-    # Chunk-local pass. Position-major buffers keep each step's slice contiguous.
-    local = x.new_empty(C, B, n_chunks, D)
-    decay = x.new_empty(C, B, n_chunks, D)
+    lc = lam.reshape(B, n_chunks, C, D)
+    # the complex decays, built once: steps then multiply complex by complex (a real factor
+    # in a complex op would be copied to complex at every step)
+    ac = lc if rot is None else lc * rot
     steps = list(range(C - 1, -1, -1)) if reverse else list(range(C))
-    first = steps[0]
-    local[first] = xc[:, :, first]
-    decay[first] = ac[:, :, first]
-    prev = first
-    for j in steps[1:]:
-        torch.addcmul(xc[:, :, j], ac[:, :, j], local[prev], out=local[j])
-        torch.mul(ac[:, :, j], decay[prev], out=decay[j])
-        prev = j
-    last = prev  # the position that closes a chunk in scan order
 
-    # Carry pass: the state entering each chunk.
-    carry = x.new_empty(n_chunks, B, D)
-    state = h0.to(x.dtype) if h0 is not None else x.new_zeros(B, D)
-    for k in (range(n_chunks - 1, -1, -1) if reverse else range(n_chunks)):
-        carry[k] = state
-        state = torch.addcmul(local[last, :, k], decay[last, :, k], state)
-
+    if n_chunks == 1:
+        state_in = None if h0 is None else h0.to(x.dtype).unsqueeze(1)
+    else:
+        # 1. each chunk's end state from a zero state, and its total decay
+        end = xc[:, :, steps[0]]
+        for j in steps[1:]:
+            end = torch.addcmul(xc[:, :, j], ac[:, :, j], end)
+        total = lc.prod(dim=2)
+        if rot is not None:
+            total = total * rot ** C
+        # 2. the state entering each chunk
+        state_in = torch.empty_like(end)
+        state = h0.to(x.dtype) if h0 is not None else x.new_zeros(B, D)
+        for k in (range(n_chunks - 1, -1, -1) if reverse else range(n_chunks)):
+            state_in[:, k] = state
+            state = torch.addcmul(end[:, k], total[:, k], state)
+    # 3. every chunk again, from its entering state, writing the outputs
     h = torch.empty_like(xc)
-    torch.addcmul(local.permute(1, 2, 0, 3), decay.permute(1, 2, 0, 3),
-                  carry.permute(1, 0, 2).unsqueeze(2), out=h)
+    prev = state_in
+    for j in steps:
+        if prev is None:
+            h[:, :, j] = xc[:, :, j]
+        else:
+            torch.addcmul(xc[:, :, j], ac[:, :, j], prev, out=h[:, :, j])
+        prev = h[:, :, j]
     h = h.reshape(B, n_chunks * C, D)
-    return (h[:, :N] if pad else h), state
+    if pad:
+        h = h[:, pad:] if reverse else h[:, :N]
+    return h, (h[:, 0] if reverse else h[:, -1])
 
 
-def _shift_decay(a: Tensor, reverse: bool) -> Tensor:
-    """Decays of the backward scan: conj(a_{t+1}) for a forward scan (conj(a_{t-1}) for a
-    reverse one), and 1 where the backward scan starts, so the final-state gradient enters
-    unchanged."""
-    one = a.new_ones(a.shape[0], 1, a.shape[2])
-    a = a.conj()
-    return torch.cat([one, a[:, :-1]], 1) if reverse else torch.cat([a[:, 1:], one], 1)
+def _shifted(lam: Tensor, reverse: bool) -> Tensor:
+    """Decay moduli of the backward scan: lam_{t+1} for a forward scan (lam_{t-1} for a
+    reverse one); where the backward scan starts there is no state to decay (0). Its phase
+    is conj(rot), passed separately."""
+    edge = lam.new_zeros(lam.shape[0], 1, lam.shape[2])
+    return torch.cat([edge, lam[:, :-1]], 1) if reverse else torch.cat([lam[:, 1:], edge], 1)
 
 
-def _previous_state(h: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
+def _previous_state(h: Tensor, h0: Optional[Tensor], reverse: bool) -> Tensor:
     """h_{t-1} for each t (h_{t+1} for a reverse scan), the initial state at the edge."""
     edge = (h0.to(h.dtype) if h0 is not None else h.new_zeros(h.shape[0], h.shape[2])).unsqueeze(1)
     return torch.cat([h[:, 1:], edge], 1) if reverse else torch.cat([edge, h[:, :-1]], 1)
 
 
-def _scan_backward(g: Tensor, gN: Tensor | None, a: Tensor, h: Tensor, h0: Tensor | None,
-                   reverse: bool):
-    """Gradients of ``h = scan(x, a, h0)`` given dL/dh = g and dL/dh_final = gN.
-    Returns dx, da (as the complex conjugate-free product D * conj(h_prev)), dh0."""
-    dstate, _ = linear_scan(g, _shift_decay(a, reverse), gN, not reverse)
-    da = dstate * _previous_state(h, h0, reverse).conj()
+def _scan_backward(g: Tensor, gN: Optional[Tensor], lam: Tensor, rot: Optional[Tensor],
+                   h: Tensor, h0: Optional[Tensor], reverse: bool):
+    """Gradients of ``h = scan(x, lam * rot, h0)`` given dL/dh = g and dL/dh_final = gN.
+
+    With D the total gradient of each state (a scan of g the other way, decays
+    conj(a_{t+1})) and q = D * conj(rot * h_prev):  dx = D, dlam = Re q,
+    dtheta = sum lam * Im q (spec §5), dh0 = conj(a_first) * D_first.
+    """
+    rot_c = None if rot is None else rot.conj()
+    if gN is not None:  # the final state is the state at the last step: its gradient adds there
+        g = g.clone()
+        g[:, 0 if reverse else -1] += gN
+    dstate, _ = linear_scan(g, _shifted(lam, reverse), rot_c, None, not reverse)
+    prev = _previous_state(h, h0, reverse)
+    q = dstate * (prev if rot is None else prev * rot).conj()
+    dlam = q.real if rot is not None else q
+    dtheta = None if rot is None else (lam * q.imag).sum((0, 1))
     dh0 = None
     if h0 is not None:
         edge = -1 if reverse else 0
-        dh0 = a[:, edge].conj() * dstate[:, edge]
-    return dstate, da, dh0
+        a_first = lam[:, edge] if rot is None else lam[:, edge] * rot
+        dh0 = a_first.conj() * dstate[:, edge]
+    return dstate, dlam, dtheta, dh0
 
 
-def _complex(re: Tensor, im: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    if re is None:
+def _complex(re: Optional[Tensor], im: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    if re is None and im is None:
         return None
+    re = re if re is not None else torch.zeros_like(im)
+    im = im if im is not None else torch.zeros_like(re)
     return torch.complex(re.to(dtype), im.to(dtype))
 
 
@@ -120,29 +153,18 @@ class TorchBackend(ScanBackend):
     def is_available(self, device):
         return True
 
-    def _complex_state(self, u, v, lam, theta, h0r, h0i, reverse):
-        dt = compute_dtype(u.dtype)
-        a = lam.to(dt) * _rotation(theta, dt)
-        h0 = _complex(h0r, h0i, dt)
-        h, hN = linear_scan(_complex(u, v, dt), a, h0, reverse)
-        return h, hN, a, h0
-
     def complex_forward(self, u, v, lam, theta, h0r, h0i, reverse):
-        h, hN, _, _ = self._complex_state(u, v, lam, theta, h0r, h0i, reverse)
+        dt = compute_dtype(u.dtype)
+        h, hN = linear_scan(_complex(u, v, dt), lam.to(dt), _rotation(theta, dt),
+                            _complex(h0r, h0i, dt), reverse)
         return h.real, h.imag, hN.real, hN.imag
 
     def complex_backward(self, ghr, ghi, ghNr, ghNi, u, v, lam, theta, h0r, h0i, reverse):
-        h, _, a, h0 = self._complex_state(u, v, lam, theta, h0r, h0i, reverse)
         dt = compute_dtype(u.dtype)
-        g = _complex(ghr, ghi, dt)
-        gN = None
-        if ghNr is not None or ghNi is not None:
-            gN = _complex(ghNr if ghNr is not None else torch.zeros_like(ghNi),
-                          ghNi if ghNi is not None else torch.zeros_like(ghNr), dt)
-        dx, da, dh0 = _scan_backward(g, gN, a, h, h0, reverse)
-        # a = lam * e^{i theta}:  dlam = Re(da e^{-i theta}),  dtheta = Re(da conj(i a))
-        dlam = (da * _rotation(theta, dt).conj()).real
-        dtheta = (da * (1j * a).conj()).real.sum((0, 1))
+        lam, rot, h0 = lam.to(dt), _rotation(theta, dt), _complex(h0r, h0i, dt)
+        h, _ = linear_scan(_complex(u, v, dt), lam, rot, h0, reverse)  # recomputed
+        dx, dlam, dtheta, dh0 = _scan_backward(_complex(ghr, ghi, dt), _complex(ghNr, ghNi, dt),
+                                               lam, rot, h, h0, reverse)
         return (dx.real, dx.imag, dlam, dtheta,
                 None if dh0 is None else dh0.real, None if dh0 is None else dh0.imag)
 
@@ -151,8 +173,8 @@ class TorchBackend(ScanBackend):
     def bidirectional_forward(self, u, v, lam, theta_f, theta_r):
         dt = compute_dtype(u.dtype)
         x, lam = _complex(u, v, dt), lam.to(dt)
-        h, _ = linear_scan(x, lam * _rotation(theta_f, dt), None, False)
-        h_rev, _ = linear_scan(x, lam * _rotation(theta_r, dt), None, True)
+        h, _ = linear_scan(x, lam, _rotation(theta_f, dt), None, False)
+        h_rev, _ = linear_scan(x, lam, _rotation(theta_r, dt), None, True)
         h += h_rev
         return h.real, h.imag
 
@@ -161,24 +183,21 @@ class TorchBackend(ScanBackend):
         x, lam, g = _complex(u, v, dt), lam.to(dt), _complex(ghr, ghi, dt)
         dx, dlam, dthetas = 0, 0, []
         for theta, reverse in ((theta_f, False), (theta_r, True)):
-            rotation = _rotation(theta, dt)
-            a = lam * rotation
-            h, _ = linear_scan(x, a, None, reverse)
-            d_x, da, _ = _scan_backward(g, None, a, h, None, reverse)
-            dx = dx + d_x
-            dlam = dlam + (da * rotation.conj()).real
-            dthetas.append((da * (1j * a).conj()).real.sum((0, 1)))
+            rot = _rotation(theta, dt)
+            h, _ = linear_scan(x, lam, rot, None, reverse)
+            d_x, d_lam, d_theta, _ = _scan_backward(g, None, lam, rot, h, None, reverse)
+            dx, dlam = dx + d_x, dlam + d_lam
+            dthetas.append(d_theta)
         return dx.real, dx.imag, dlam, dthetas[0], dthetas[1]
 
     def real_forward(self, x, lam, h0, reverse):
         dt = compute_dtype(x.dtype)
-        return linear_scan(x.to(dt), lam.to(dt), None if h0 is None else h0.to(dt), reverse)
+        return linear_scan(x.to(dt), lam.to(dt), None, None if h0 is None else h0.to(dt), reverse)
 
     def real_backward(self, gh, ghN, x, lam, h0, reverse):
         dt = compute_dtype(x.dtype)
-        a = lam.to(dt)
-        h0 = None if h0 is None else h0.to(dt)
-        h, _ = linear_scan(x.to(dt), a, h0, reverse)
-        dx, dlam, dh0 = _scan_backward(gh.to(dt), None if ghN is None else ghN.to(dt),
-                                       a, h, h0, reverse)
+        lam, h0 = lam.to(dt), None if h0 is None else h0.to(dt)
+        h, _ = linear_scan(x.to(dt), lam, None, h0, reverse)
+        dx, dlam, _, dh0 = _scan_backward(gh.to(dt), None if ghN is None else ghN.to(dt),
+                                          lam, None, h, h0, reverse)
         return dx, dlam, dh0
