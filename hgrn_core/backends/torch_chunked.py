@@ -102,10 +102,18 @@ def _shifted(lam: Tensor, reverse: bool) -> Tensor:
     return torch.cat([edge, lam[:, :-1]], 1) if reverse else torch.cat([lam[:, 1:], edge], 1)
 
 
-def _previous_state(h: Tensor, h0: Optional[Tensor], reverse: bool) -> Tensor:
-    """h_{t-1} for each t (h_{t+1} for a reverse scan), the initial state at the edge."""
-    edge = (h0.to(h.dtype) if h0 is not None else h.new_zeros(h.shape[0], h.shape[2])).unsqueeze(1)
-    return torch.cat([h[:, 1:], edge], 1) if reverse else torch.cat([edge, h[:, :-1]], 1)
+def _times_previous_conj(dstate: Tensor, h: Tensor, h0: Optional[Tensor], reverse: bool) -> Tensor:
+    """dstate_t * conj(h_{t-1}) for each t (h_{t+1} for a reverse scan; the initial state, or
+    zero, at the edge), written into one new tensor without building the shifted states."""
+    q = torch.empty_like(dstate)
+    inner, edge = (slice(None, -1), -1) if reverse else (slice(1, None), 0)
+    shifted = h[:, 1:] if reverse else h[:, :-1]
+    torch.mul(dstate[:, inner], shifted.conj(), out=q[:, inner])
+    if h0 is None:
+        q[:, edge] = 0
+    else:
+        q[:, edge] = dstate[:, edge] * h0.to(h.dtype).conj()
+    return q
 
 
 def _scan_backward(g: Tensor, gN: Optional[Tensor], lam: Tensor, rot: Optional[Tensor],
@@ -121,8 +129,9 @@ def _scan_backward(g: Tensor, gN: Optional[Tensor], lam: Tensor, rot: Optional[T
         g = g.clone()
         g[:, 0 if reverse else -1] += gN
     dstate, _ = linear_scan(g, _shifted(lam, reverse), rot_c, None, not reverse)
-    prev = _previous_state(h, h0, reverse)
-    q = dstate * (prev if rot is None else prev * rot).conj()
+    q = _times_previous_conj(dstate, h, h0, reverse)
+    if rot is not None:
+        q *= rot_c
     dlam = q.real if rot is not None else q
     dtheta = None if rot is None else (lam * q.imag).sum((0, 1))
     dh0 = None
@@ -181,12 +190,17 @@ class TorchBackend(ScanBackend):
     def bidirectional_backward(self, ghr, ghi, u, v, lam, theta_f, theta_r):
         dt = compute_dtype(u.dtype)
         x, lam, g = _complex(u, v, dt), lam.to(dt), _complex(ghr, ghi, dt)
-        dx, dlam, dthetas = 0, 0, []
+        dx = dlam = None
+        dthetas = []
         for theta, reverse in ((theta_f, False), (theta_r, True)):
             rot = _rotation(theta, dt)
             h, _ = linear_scan(x, lam, rot, None, reverse)
             d_x, d_lam, d_theta, _ = _scan_backward(g, None, lam, rot, h, None, reverse)
-            dx, dlam = dx + d_x, dlam + d_lam
+            if reverse:  # accumulate in place into the first direction's fresh tensors
+                dx += d_x
+                dlam += d_lam
+            else:
+                dx, dlam = d_x, d_lam
             dthetas.append(d_theta)
         return dx.real, dx.imag, dlam, dthetas[0], dthetas[1]
 
