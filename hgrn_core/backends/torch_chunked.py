@@ -9,26 +9,29 @@ works on all chunks at once, a (B, N/C, D) slice:
 3. a second loop of C steps re-runs each chunk from its carried state and writes the
    outputs directly.
 
-That is about 2*sqrt(N) + sqrt(N) Python steps instead of N, and it never divides by a
-decay: products only shrink (lam <= 1), so long sequences with lam near 0 or near 1 stay
-finite and accurate; a product that underflows to 0 is the right limit. Per-step decays
-lam_t e^{i theta} are formed on the (small, cache-resident) slice, never as a full
-(B, N, D) complex tensor: on a CPU every full-size temporary costs fresh pages, which
-measured more than the arithmetic.
+That is about 3*sqrt(N) Python steps instead of N, and it never divides by a decay:
+products only shrink (lam <= 1), so long sequences with lam near 0 or near 1 stay finite
+and accurate; a product that underflows to 0 is the right limit.
 
-The complex state uses torch's complex dtype (one fused op per complex multiply-add).
+The complex state is kept as two real planes (real, imaginary) and every step works on
+slices: no full-size temporary is made besides the outputs. On a CPU a fresh full-size
+tensor costs new pages, which measured more than the arithmetic (and torch's complex
+dtype would need several such conversions per call).
+
 Gradients are hand-written (spec §5): the backward of a scan is the same scan run the
 other way over the output gradients, with conjugated decays shifted by one step.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .base import ScanBackend, compute_dtype
+
+Planes = Tuple[Tensor, ...]  # (real,) or (real, imag)
 
 
 def chunk_size_for(n: int) -> int:
@@ -36,123 +39,174 @@ def chunk_size_for(n: int) -> int:
     return max(1, 2 ** math.ceil(math.log2(max(n, 1)) / 2))
 
 
-def linear_scan(x: Tensor, lam: Tensor, rot: Optional[Tensor], h0: Optional[Tensor],
-                reverse: bool, chunk: Optional[int] = None):
-    """``h_t = lam_t * rot * h_{t-1} + x_t`` along dim 1 (``h_{t+1}`` when ``reverse``).
+def _step(x: Planes, lam: Tensor, cos: Optional[Tensor], sin: Optional[Tensor], prev: Planes,
+          out: Optional[Planes] = None, work: Optional[Planes] = None) -> Planes:
+    """One step on a slice: ``out = lam * (cos + i sin) * prev + x`` (real: ``lam * prev + x``).
 
-    ``x``: (B, N, D), real or complex; ``lam``: (B, N, D) real; ``rot``: (D,) complex
-    (e^{i theta}) or None for a real scan; ``h0``: (B, D) or None.
-    Returns ``h`` (B, N, D) and the final state (B, D).
+    Results go into buffers made beforehand (``out``; ``work`` holds two slice-sized
+    buffers for the decays) and are built with in-place ops: on a CPU a fresh slice-sized
+    tensor per step costs new pages, and an out= op into a strided slice computes into a
+    temporary first; either measured several times the arithmetic."""
+    out = tuple(p.clone() for p in x) if out is None else tuple(o.copy_(p) for o, p in zip(out, x))
+    if len(x) == 1:
+        return (out[0].addcmul_(lam, prev[0]),)
+    a, b = work if work is not None else (None, None)
+    a = torch.mul(lam, cos, out=a)
+    b = torch.mul(lam, sin, out=b)
+    re, im = out
+    re.addcmul_(a, prev[0]).addcmul_(b, prev[1], value=-1)
+    im.addcmul_(a, prev[1]).addcmul_(b, prev[0])
+    return re, im
+
+
+def linear_scan(x: Planes, lam: Tensor, theta: Optional[Tensor], h0: Optional[Planes],
+                reverse: bool, chunk: Optional[int] = None) -> Tuple[Planes, Planes]:
+    """``h_t = lam_t e^{i theta} h_{t-1} + x_t`` along dim 1 (``h_{t+1}`` when ``reverse``).
+
+    ``x``: planes (real, imag) of (B, N, D), or (real,) with ``theta=None`` for the real
+    scan; ``lam``: (B, N, D); ``theta``: (D,); ``h0``: planes of (B, D) or None.
+    Returns the planes of ``h`` (B, N, D) and of the final state (B, D).
     """
-    B, N, D = x.shape
+    B, N, D = lam.shape
     C = chunk or chunk_size_for(N)
     n_chunks = -(-N // C)
     pad = n_chunks * C - N
     if pad:
         # Padding goes after the last position in scan order (the end of a forward scan, the
         # start of a reverse one), so the initial state still enters at the first real
-        # position; padded outputs are dropped and the final state is read at the last
-        # real position.
-        zeros = x.new_zeros(B, pad, D), lam.new_zeros(B, pad, D)
-        x = torch.cat([zeros[0], x] if reverse else [x, zeros[0]], 1)
-        lam = torch.cat([zeros[1], lam] if reverse else [lam, zeros[1]], 1)
-    xc = x.reshape(B, n_chunks, C, D)
+        # position; padded outputs are dropped, the final state is read at the last real one.
+        def padded(t):
+            z = t.new_zeros(B, pad, D)
+            return torch.cat([z, t] if reverse else [t, z], 1)
+        x, lam = tuple(padded(p) for p in x), padded(lam)
+    xc = tuple(p.reshape(B, n_chunks, C, D) for p in x)
     lc = lam.reshape(B, n_chunks, C, D)
-    # the complex decays, built once: steps then multiply complex by complex (a real factor
-    # in a complex op would be copied to complex at every step)
-    ac = lc if rot is None else lc * rot
+    cos = sin = None
+    if theta is not None:
+        cos, sin = torch.cos(theta), torch.sin(theta)
     steps = list(range(C - 1, -1, -1)) if reverse else list(range(C))
 
+    def at(j):
+        return tuple(p[:, :, j] for p in xc)
+
+    def slices(n):
+        return tuple(lam.new_empty(B, n_chunks, D) for _ in range(n))
+
+    work = slices(2) if theta is not None else None
     if n_chunks == 1:
-        state_in = None if h0 is None else h0.to(x.dtype).unsqueeze(1)
+        state_in = None if h0 is None else tuple(p.unsqueeze(1) for p in h0)
     else:
-        # 1. each chunk's end state from a zero state, and its total decay
-        end = xc[:, :, steps[0]]
-        for j in steps[1:]:
-            end = torch.addcmul(xc[:, :, j], ac[:, :, j], end)
+        # 1. each chunk's end state from a zero state (two buffers, used in turn)
+        end, buffers = at(steps[0]), (slices(len(x)), slices(len(x)))
+        for n, j in enumerate(steps[1:]):
+            end = _step(at(j), lc[:, :, j], cos, sin, end, buffers[n % 2], work)
+        # 2. the state entering each chunk; a chunk's decay is prod(lam) e^{i theta C}
         total = lc.prod(dim=2)
-        if rot is not None:
-            total = total * rot ** C
-        # 2. the state entering each chunk
-        state_in = torch.empty_like(end)
-        state = h0.to(x.dtype) if h0 is not None else x.new_zeros(B, D)
+        tc = ts = None
+        if theta is not None:
+            tc, ts = torch.cos(theta * C), torch.sin(theta * C)
+        state_in = tuple(torch.empty_like(p) for p in end)
+        state = h0 if h0 is not None else tuple(lam.new_zeros(B, D) for _ in x)
         for k in (range(n_chunks - 1, -1, -1) if reverse else range(n_chunks)):
-            state_in[:, k] = state
-            state = torch.addcmul(end[:, k], total[:, k], state)
+            for p, s in zip(state_in, state):
+                p[:, k] = s
+            state = _step(tuple(p[:, k] for p in end), total[:, k], tc, ts, state)
     # 3. every chunk again, from its entering state, writing the outputs
-    h = torch.empty_like(xc)
+    h = tuple(torch.empty(B, n_chunks, C, D, dtype=lam.dtype, device=lam.device) for _ in x)
     prev = state_in
     for j in steps:
+        here = tuple(p[:, :, j] for p in h)
         if prev is None:
-            h[:, :, j] = xc[:, :, j]
+            for p, q in zip(here, at(j)):
+                p.copy_(q)
         else:
-            torch.addcmul(xc[:, :, j], ac[:, :, j], prev, out=h[:, :, j])
-        prev = h[:, :, j]
-    h = h.reshape(B, n_chunks * C, D)
+            _step(at(j), lc[:, :, j], cos, sin, prev, here, work)
+        prev = here
+    h = tuple(p.reshape(B, n_chunks * C, D) for p in h)
     if pad:
-        h = h[:, pad:] if reverse else h[:, :N]
-    return h, (h[:, 0] if reverse else h[:, -1])
+        h = tuple(p[:, pad:] if reverse else p[:, :N] for p in h)
+    return h, tuple(p[:, 0] if reverse else p[:, -1] for p in h)
 
 
 def _shifted(lam: Tensor, reverse: bool) -> Tensor:
     """Decay moduli of the backward scan: lam_{t+1} for a forward scan (lam_{t-1} for a
     reverse one); where the backward scan starts there is no state to decay (0). Its phase
-    is conj(rot), passed separately."""
+    is -theta (conjugated decays)."""
     edge = lam.new_zeros(lam.shape[0], 1, lam.shape[2])
     return torch.cat([edge, lam[:, :-1]], 1) if reverse else torch.cat([lam[:, 1:], edge], 1)
 
 
-def _times_previous_conj(dstate: Tensor, h: Tensor, h0: Optional[Tensor], reverse: bool) -> Tensor:
-    """dstate_t * conj(h_{t-1}) for each t (h_{t+1} for a reverse scan; the initial state, or
-    zero, at the edge), written into one new tensor without building the shifted states."""
-    q = torch.empty_like(dstate)
+def _times_previous_conj(d: Planes, h: Planes, h0: Optional[Planes], reverse: bool) -> Planes:
+    """d_t * conj(h_{t-1}) for each t (h_{t+1} for a reverse scan; the initial state, or zero,
+    at the edge), without building the shifted states. Complex: (Dr Pr + Di Pi,
+    Di Pr - Dr Pi); real: (D P,)."""
     inner, edge = (slice(None, -1), -1) if reverse else (slice(1, None), 0)
-    shifted = h[:, 1:] if reverse else h[:, :-1]
-    torch.mul(dstate[:, inner], shifted.conj(), out=q[:, inner])
-    if h0 is None:
-        q[:, edge] = 0
+    shift = slice(1, None) if reverse else slice(None, -1)
+    prev = tuple(p[:, shift] for p in h)
+    first = None if h0 is None else h0
+    re = torch.empty_like(d[0])
+    torch.mul(d[0][:, inner], prev[0], out=re[:, inner])
+    if len(d) == 2:
+        re[:, inner].addcmul_(d[1][:, inner], prev[1])
+        im = torch.empty_like(d[0])
+        torch.mul(d[1][:, inner], prev[0], out=im[:, inner])
+        im[:, inner].addcmul_(d[0][:, inner], prev[1], value=-1)
+    if first is None:
+        re[:, edge] = 0
+        if len(d) == 2:
+            im[:, edge] = 0
+    elif len(d) == 2:
+        re[:, edge] = d[0][:, edge] * first[0] + d[1][:, edge] * first[1]
+        im[:, edge] = d[1][:, edge] * first[0] - d[0][:, edge] * first[1]
     else:
-        q[:, edge] = dstate[:, edge] * h0.to(h.dtype).conj()
-    return q
+        re[:, edge] = d[0][:, edge] * first[0]
+    return (re, im) if len(d) == 2 else (re,)
 
 
-def _scan_backward(g: Tensor, gN: Optional[Tensor], lam: Tensor, rot: Optional[Tensor],
-                   h: Tensor, h0: Optional[Tensor], reverse: bool):
-    """Gradients of ``h = scan(x, lam * rot, h0)`` given dL/dh = g and dL/dh_final = gN.
+def _scan_backward(g: Planes, gN: Optional[Planes], lam: Tensor, theta: Optional[Tensor],
+                   h: Planes, h0: Optional[Planes], reverse: bool):
+    """Gradients of ``h = scan(x, lam e^{i theta}, h0)`` given dL/dh = g, dL/dh_final = gN.
 
     With D the total gradient of each state (a scan of g the other way, decays
-    conj(a_{t+1})) and q = D * conj(rot * h_prev):  dx = D, dlam = Re q,
-    dtheta = sum lam * Im q (spec §5), dh0 = conj(a_first) * D_first.
+    conj(a_{t+1})) and q = D conj(h_prev) e^{-i theta}:  dx = D, dlam = Re q,
+    dtheta = sum lam Im q (spec §5), dh0 = conj(a_first) D_first.
+    Returns (dx planes, dlam, dtheta or None, dh0 planes or None).
     """
-    rot_c = None if rot is None else rot.conj()
     if gN is not None:  # the final state is the state at the last step: its gradient adds there
-        g = g.clone()
-        g[:, 0 if reverse else -1] += gN
-    dstate, _ = linear_scan(g, _shifted(lam, reverse), rot_c, None, not reverse)
-    q = _times_previous_conj(dstate, h, h0, reverse)
-    if rot is not None:
-        q *= rot_c
-    dlam = q.real if rot is not None else q
-    dtheta = None if rot is None else (lam * q.imag).sum((0, 1))
-    dh0 = None
-    if h0 is not None:
-        edge = -1 if reverse else 0
-        a_first = lam[:, edge] if rot is None else lam[:, edge] * rot
-        dh0 = a_first.conj() * dstate[:, edge]
-    return dstate, dlam, dtheta, dh0
+        g = tuple(p.clone() for p in g)
+        for p, n in zip(g, gN):
+            p[:, 0 if reverse else -1] += n
+    neg = None if theta is None else -theta
+    d, _ = linear_scan(g, _shifted(lam, reverse), neg, None, not reverse)
+    q = _times_previous_conj(d, h, h0, reverse)
+    edge = -1 if reverse else 0
+    if theta is None:
+        dlam, dtheta = q[0], None
+        dh0 = None if h0 is None else (lam[:, edge] * d[0][:, edge],)
+    else:
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        x, y = q  # q e^{-i theta} = (x cos + y sin) + i (y cos - x sin)
+        dlam = x * cos
+        dlam.addcmul_(y, sin)
+        y.mul_(cos).addcmul_(x, sin, value=-1)
+        dtheta = (y.mul_(lam)).sum((0, 1))
+        dh0 = None
+        if h0 is not None:
+            le, dr, di = lam[:, edge], d[0][:, edge], d[1][:, edge]
+            dh0 = (le * (cos * dr + sin * di), le * (cos * di - sin * dr))
+    return d, dlam, dtheta, dh0
 
 
-def _complex(re: Optional[Tensor], im: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+def _up(t: Optional[Tensor], dt: torch.dtype) -> Optional[Tensor]:
+    return None if t is None else t.to(dt)
+
+
+def _pair(re: Optional[Tensor], im: Optional[Tensor], dt) -> Optional[Planes]:
     if re is None and im is None:
         return None
     re = re if re is not None else torch.zeros_like(im)
     im = im if im is not None else torch.zeros_like(re)
-    return torch.complex(re.to(dtype), im.to(dtype))
-
-
-def _rotation(theta: Tensor, dtype: torch.dtype) -> Tensor:
-    """e^{i theta} as a complex (D,) tensor."""
-    return torch.polar(torch.ones_like(theta, dtype=dtype), theta.to(dtype))
+    return re.to(dt), im.to(dt)
 
 
 class TorchBackend(ScanBackend):
@@ -164,54 +218,50 @@ class TorchBackend(ScanBackend):
 
     def complex_forward(self, u, v, lam, theta, h0r, h0i, reverse):
         dt = compute_dtype(u.dtype)
-        h, hN = linear_scan(_complex(u, v, dt), lam.to(dt), _rotation(theta, dt),
-                            _complex(h0r, h0i, dt), reverse)
-        return h.real, h.imag, hN.real, hN.imag
+        (hr, hi), (fr, fi) = linear_scan((u.to(dt), v.to(dt)), lam.to(dt), theta.to(dt),
+                                         _pair(h0r, h0i, dt), reverse)
+        return hr, hi, fr, fi
 
     def complex_backward(self, ghr, ghi, ghNr, ghNi, u, v, lam, theta, h0r, h0i, reverse):
         dt = compute_dtype(u.dtype)
-        lam, rot, h0 = lam.to(dt), _rotation(theta, dt), _complex(h0r, h0i, dt)
-        h, _ = linear_scan(_complex(u, v, dt), lam, rot, h0, reverse)  # recomputed
-        dx, dlam, dtheta, dh0 = _scan_backward(_complex(ghr, ghi, dt), _complex(ghNr, ghNi, dt),
-                                               lam, rot, h, h0, reverse)
-        return (dx.real, dx.imag, dlam, dtheta,
-                None if dh0 is None else dh0.real, None if dh0 is None else dh0.imag)
+        lam, theta, h0 = lam.to(dt), theta.to(dt), _pair(h0r, h0i, dt)
+        h, _ = linear_scan((u.to(dt), v.to(dt)), lam, theta, h0, reverse)  # recomputed
+        d, dlam, dtheta, dh0 = _scan_backward(_pair(ghr, ghi, dt), _pair(ghNr, ghNi, dt),
+                                              lam, theta, h, h0, reverse)
+        return (*d, dlam, dtheta, *(dh0 if dh0 is not None else (None, None)))
 
-    # Bidirectional: both directions share the complex input and the output gradient, so
-    # they are built once (the base class would build them once per direction).
     def bidirectional_forward(self, u, v, lam, theta_f, theta_r):
         dt = compute_dtype(u.dtype)
-        x, lam = _complex(u, v, dt), lam.to(dt)
-        h, _ = linear_scan(x, lam, _rotation(theta_f, dt), None, False)
-        h_rev, _ = linear_scan(x, lam, _rotation(theta_r, dt), None, True)
-        h += h_rev
-        return h.real, h.imag
+        x, lam = (u.to(dt), v.to(dt)), lam.to(dt)
+        h, _ = linear_scan(x, lam, theta_f.to(dt), None, False)
+        h_rev, _ = linear_scan(x, lam, theta_r.to(dt), None, True)
+        for p, q in zip(h, h_rev):
+            p += q
+        return h
 
     def bidirectional_backward(self, ghr, ghi, u, v, lam, theta_f, theta_r):
         dt = compute_dtype(u.dtype)
-        x, lam, g = _complex(u, v, dt), lam.to(dt), _complex(ghr, ghi, dt)
-        dx = dlam = None
-        dthetas = []
-        for theta, reverse in ((theta_f, False), (theta_r, True)):
-            rot = _rotation(theta, dt)
-            h, _ = linear_scan(x, lam, rot, None, reverse)
-            d_x, d_lam, d_theta, _ = _scan_backward(g, None, lam, rot, h, None, reverse)
-            if reverse:  # accumulate in place into the first direction's fresh tensors
-                dx += d_x
-                dlam += d_lam
-            else:
-                dx, dlam = d_x, d_lam
-            dthetas.append(d_theta)
-        return dx.real, dx.imag, dlam, dthetas[0], dthetas[1]
+        x, lam, g = (u.to(dt), v.to(dt)), lam.to(dt), (ghr.to(dt), ghi.to(dt))
+        grads = []
+        for theta, reverse in ((theta_f.to(dt), False), (theta_r.to(dt), True)):
+            h, _ = linear_scan(x, lam, theta, None, reverse)
+            grads.append(_scan_backward(g, None, lam, theta, h, None, reverse))
+        (df, dlam, dtf, _), (dr, dlam_r, dtr, _) = grads
+        for p, q in zip(df, dr):  # both directions feed the same inputs: add in place
+            p += q
+        dlam += dlam_r
+        return df[0], df[1], dlam, dtf, dtr
 
     def real_forward(self, x, lam, h0, reverse):
         dt = compute_dtype(x.dtype)
-        return linear_scan(x.to(dt), lam.to(dt), None, None if h0 is None else h0.to(dt), reverse)
+        (h,), (hN,) = linear_scan((x.to(dt),), lam.to(dt), None,
+                                  None if h0 is None else (h0.to(dt),), reverse)
+        return h, hN
 
     def real_backward(self, gh, ghN, x, lam, h0, reverse):
         dt = compute_dtype(x.dtype)
-        lam, h0 = lam.to(dt), None if h0 is None else h0.to(dt)
-        h, _ = linear_scan(x.to(dt), lam, None, h0, reverse)
-        dx, dlam, _, dh0 = _scan_backward(gh.to(dt), None if ghN is None else ghN.to(dt),
-                                          lam, None, h, h0, reverse)
-        return dx, dlam, dh0
+        lam, h0 = lam.to(dt), None if h0 is None else (h0.to(dt),)
+        h, _ = linear_scan((x.to(dt),), lam, None, h0, reverse)
+        (dx,), dlam, _, dh0 = _scan_backward((gh.to(dt),), None if ghN is None else (ghN.to(dt),),
+                                             lam, None, h, h0, reverse)
+        return dx, dlam, None if dh0 is None else dh0[0]
