@@ -22,14 +22,12 @@ Feature layout: like timm's MambaOut, ``forward_features`` returns the token gri
 NHWC ``(B, H, W, C)`` (``output_fmt = 'NHWC'``); ``x.flatten(1, 2)`` gives the (B, N, C)
 token sequence in scan order. ``global_pool=''`` keeps that grid.
 """
-import math
 from contextlib import nullcontext
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (

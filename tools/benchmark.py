@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import json
-import math
 import os
 import platform
 import statistics
@@ -44,40 +42,15 @@ if not __package__:  # run as ``python tools/benchmark.py`` from a checkout: fin
 
 import torch
 
+if __package__:  # installed as hgrn_tools
+    from .model_factory import create_model, import_plugins
+else:  # run as a script: its folder is on sys.path
+    from model_factory import create_model, import_plugins
+
 MIB = 1024 * 1024
 
 
 # ------------------------------------------------------------------------------ helpers
-def import_plugins(extra: Sequence[str] = ()) -> List[str]:
-    """Import ``hgrn_vision`` (registers hgrn_* in timm) when present, then ``extra``."""
-    notes = []
-    try:
-        importlib.import_module("hgrn_vision")
-    except ModuleNotFoundError as err:
-        if err.name != "hgrn_vision":
-            raise
-        notes.append("hgrn_vision not importable: hgrn_* models unavailable")
-    for name in extra:
-        importlib.import_module(name)
-    return notes
-
-
-def create_model(name: str, img_size: Optional[int] = None, backend: Optional[str] = None,
-                 **kwargs) -> torch.nn.Module:
-    """A timm model (no pretrained weights), built for ``img_size`` where it takes that
-    argument (ViTs, HGRN); models without it (convnets) take any size."""
-    import timm
-    if backend and name.startswith("hgrn"):
-        kwargs.setdefault("mixer_backend", backend)
-    if img_size is not None:
-        try:
-            return timm.create_model(name, pretrained=False, img_size=img_size, **kwargs)
-        except TypeError as err:
-            if "img_size" not in str(err):
-                raise
-    return timm.create_model(name, pretrained=False, **kwargs)
-
-
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

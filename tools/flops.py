@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import json
 import logging
 import math
@@ -37,7 +36,7 @@ import os
 import sys
 import warnings
 from collections import Counter
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 if not __package__:  # run as ``python tools/flops.py`` from a checkout: find hgrn_core
     _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,6 +44,11 @@ if not __package__:  # run as ``python tools/flops.py`` from a checkout: find hg
         sys.path.insert(0, _root)
 
 import torch
+
+if __package__:  # installed as hgrn_tools
+    from .model_factory import create_model, import_plugins
+else:  # run as a script: its folder is on sys.path
+    from model_factory import create_model, import_plugins
 
 # ----------------------------------------------------------------------- scan MAC formula
 #: MACs per (batch element, token, channel) of each scan op; see the module docstring.
@@ -107,37 +111,6 @@ EXTRA_HANDLES = {
 
 
 # ------------------------------------------------------------------------------- models
-def import_plugins(extra: Iterable[str] = ()) -> List[str]:
-    """Import ``hgrn_vision`` (registers the hgrn_* timm models) when present, and any
-    module named with ``--import``. Returns notes for the report."""
-    notes = []
-    try:
-        importlib.import_module("hgrn_vision")
-    except ModuleNotFoundError as err:
-        if err.name not in ("hgrn_vision",):
-            raise
-        notes.append("hgrn_vision not importable: hgrn_* models unavailable")
-    for name in extra:
-        importlib.import_module(name)
-    return notes
-
-
-def create_model(name: str, img_size: Optional[int] = None, backend: Optional[str] = None,
-                 **kwargs) -> torch.nn.Module:
-    """A timm model by name, built for ``img_size`` where the model takes that argument
-    (ViTs / HGRN; convnets take any size), without pretrained weights."""
-    import timm
-    if backend and name.startswith("hgrn"):
-        kwargs.setdefault("mixer_backend", backend)
-    if img_size is not None:
-        try:
-            return timm.create_model(name, pretrained=False, img_size=img_size, **kwargs)
-        except TypeError as err:
-            if "img_size" not in str(err):
-                raise
-    return timm.create_model(name, pretrained=False, **kwargs)
-
-
 def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
