@@ -143,7 +143,6 @@ def _times_previous_conj(d: Planes, h: Planes, h0: Optional[Planes], reverse: bo
     inner, edge = (slice(None, -1), -1) if reverse else (slice(1, None), 0)
     shift = slice(1, None) if reverse else slice(None, -1)
     prev = tuple(p[:, shift] for p in h)
-    first = None if h0 is None else h0
     re = torch.empty_like(d[0])
     torch.mul(d[0][:, inner], prev[0], out=re[:, inner])
     if len(d) == 2:
@@ -151,15 +150,15 @@ def _times_previous_conj(d: Planes, h: Planes, h0: Optional[Planes], reverse: bo
         im = torch.empty_like(d[0])
         torch.mul(d[1][:, inner], prev[0], out=im[:, inner])
         im[:, inner].addcmul_(d[0][:, inner], prev[1], value=-1)
-    if first is None:
+    if h0 is None:
         re[:, edge] = 0
         if len(d) == 2:
             im[:, edge] = 0
     elif len(d) == 2:
-        re[:, edge] = d[0][:, edge] * first[0] + d[1][:, edge] * first[1]
-        im[:, edge] = d[1][:, edge] * first[0] - d[0][:, edge] * first[1]
+        re[:, edge] = d[0][:, edge] * h0[0] + d[1][:, edge] * h0[1]
+        im[:, edge] = d[1][:, edge] * h0[0] - d[0][:, edge] * h0[1]
     else:
-        re[:, edge] = d[0][:, edge] * first[0]
+        re[:, edge] = d[0][:, edge] * h0[0]
     return (re, im) if len(d) == 2 else (re,)
 
 
@@ -195,10 +194,6 @@ def _scan_backward(g: Planes, gN: Optional[Planes], lam: Tensor, theta: Optional
             le, dr, di = lam[:, edge], d[0][:, edge], d[1][:, edge]
             dh0 = (le * (cos * dr + sin * di), le * (cos * di - sin * dr))
     return d, dlam, dtheta, dh0
-
-
-def _up(t: Optional[Tensor], dt: torch.dtype) -> Optional[Tensor]:
-    return None if t is None else t.to(dt)
 
 
 def _pair(re: Optional[Tensor], im: Optional[Tensor], dt) -> Optional[Planes]:
