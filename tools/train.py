@@ -12,7 +12,8 @@ underscores). Built from timm's library: dataset / loader / transforms, Mixup / 
     hgrn-train --config ... --data-dir /imagenet --resume output/train/<run>/last.pth.tar
     hgrn-train --config ... --data-dir /imagenet --validate-only --initial-checkpoint <ckpt>
 
-Runs as ``python tools/train.py`` from a checkout as well (this file imports no other tools module).
+Runs as ``python tools/train.py`` from a checkout as well (of the tools modules it imports only pillow_compat,
+from its own folder).
 """
 import argparse
 import difflib
@@ -516,6 +517,32 @@ def build_dataset(args, split, is_training):
     return ds
 
 
+def create_train_loader(args, dataset, data_config, device, collate_fn=None):
+    """timm's create_loader with the training transform the config asks for (crop, flips, RandAugment /
+    AutoAugment, random erasing, ...); sets dataset.transform. The tests build the recipes' loaders here."""
+    train_interpolation = args.train_interpolation
+    if args.no_aug or not train_interpolation:
+        train_interpolation = data_config['interpolation']
+    aug_repeats = args.aug_repeats if args.distributed else 0  # timm's RepeatAugSampler needs torch.distributed
+    if args.aug_repeats and not args.distributed and utils.is_primary(args):
+        _logger.warning(f'aug_repeats {args.aug_repeats:g} ignored: repeated augmentation splits the repeats '
+                        f'across processes and needs torchrun (timm\'s RepeatAugSampler)')
+    elif aug_repeats and utils.is_primary(args):
+        _logger.info(f'repeated augmentation: {aug_repeats:g} repeats (timm RepeatAugSampler)')
+    return create_loader(
+        dataset, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
+        no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount,
+        re_split=args.resplit, train_crop_mode=args.train_crop_mode, scale=args.scale, ratio=args.ratio,
+        hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
+        color_jitter_prob=args.color_jitter_prob, grayscale_prob=args.grayscale_prob or 0.,
+        gaussian_blur_prob=args.gaussian_blur_prob or 0., auto_augment=args.aa,
+        num_aug_repeats=aug_repeats,
+        interpolation=train_interpolation, mean=data_config['mean'], std=data_config['std'],
+        num_workers=args.workers, distributed=args.distributed, collate_fn=collate_fn,
+        pin_memory=args.pin_mem, device=device, use_prefetcher=args.prefetcher,
+        use_multi_epochs_loader=args.use_multi_epochs_loader, worker_seeding=args.worker_seeding)
+
+
 # --------------------------------------------------------------------------------------------
 # Train / eval loops
 # --------------------------------------------------------------------------------------------
@@ -632,11 +659,31 @@ def validate(model, loader, loss_fn, args, device, amp_autocast, log_suffix=''):
 # Main
 # --------------------------------------------------------------------------------------------
 
+def _pillow_compat():
+    """tools/pillow_compat.py, however this file was started (hgrn_tools.train, tools.train, or as a script)."""
+    if __package__:
+        return importlib.import_module('.pillow_compat', __package__)
+    return importlib.import_module('pillow_compat')  # `python tools/train.py`: tools/ is on sys.path
+
+
+def install_augment_guards(args):
+    """Guards for timm augmentations that the installed Pillow breaks (tools/pillow_compat.py); run before
+    any transform is built. Today: timm's posterize with 0 bits (RandAugment at magnitude 10), which
+    Pillow >= 13 rejects: it gives the black image again, as with Pillow < 13."""
+    compat = _pillow_compat()
+    if compat.install() and utils.is_primary(args):
+        import PIL
+        _logger.info(f'Pillow {PIL.__version__} rejects posterize with 0 bits: timm\'s posterize is guarded '
+                     f'(0 bits -> black image, as with Pillow < 13; {compat.DEVICE_MODULE})')
+
+
 def _import_modules(args):
     mods = list(args.device_modules or [])
     if 'hgrn_vision' not in mods:
         mods.insert(0, 'hgrn_vision')
     for m in mods:
+        if m == 'hgrn_tools.pillow_compat':
+            continue  # for timm's train.py; hgrn-train installs it itself (also from a checkout without hgrn_tools)
         try:
             importlib.import_module(m)
         except ImportError as e:
@@ -702,6 +749,7 @@ def run(args):
     t_start = time.time()
     _import_modules(args)
     device = _setup_device(args)
+    install_augment_guards(args)
     args.prefetcher = not args.no_prefetcher
     args.grad_accum_steps = max(1, args.grad_accum_steps)
     primary = utils.is_primary(args)
@@ -828,21 +876,7 @@ def run(args):
             collate_fn = FastCollateMixup(**mixup_args)
         else:
             mixup_fn = Mixup(**mixup_args)
-    train_interpolation = args.train_interpolation
-    if args.no_aug or not train_interpolation:
-        train_interpolation = data_config['interpolation']
-    loader_train = create_loader(
-        dataset_train, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
-        no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount,
-        re_split=args.resplit, train_crop_mode=args.train_crop_mode, scale=args.scale, ratio=args.ratio,
-        hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
-        color_jitter_prob=args.color_jitter_prob, grayscale_prob=args.grayscale_prob or 0.,
-        gaussian_blur_prob=args.gaussian_blur_prob or 0., auto_augment=args.aa,
-        num_aug_repeats=int(args.aug_repeats) if args.distributed else 0,
-        interpolation=train_interpolation, mean=data_config['mean'], std=data_config['std'],
-        num_workers=args.workers, distributed=args.distributed, collate_fn=collate_fn,
-        pin_memory=args.pin_mem, device=device, use_prefetcher=args.prefetcher,
-        use_multi_epochs_loader=args.use_multi_epochs_loader, worker_seeding=args.worker_seeding)
+    loader_train = create_train_loader(args, dataset_train, data_config, device, collate_fn)
     if len(loader_train) == 0:
         raise TrainError(f'batch size {args.batch_size} is larger than the training set '
                          f'({len(dataset_train)} images per process)')
