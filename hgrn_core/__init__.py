@@ -1,17 +1,21 @@
 """hgrn_core: HGRU token mixers and the complex linear-recurrence scan on pluggable backends.
 
-    from hgrn_core import HGRU, HierarchicalLowerBound, bidirectional_scan
+    from hgrn_core import HGRU, HierarchicalLowerBound, bidirectional_scan, hgru
 """
+from . import ops  # noqa: F401  (registers the hgrn::* scan ops)
 from .backends import get_backend, list_backends, register_backend, resolve_backend
+from .hgru_op import hgru
 from .lower_bound import HierarchicalLowerBound
-from .mixers import HGRU, AttentionMixer, TokenMixer, create_mixer, list_mixers, register_mixer
+from .norm_gate_op import norm_gate
+from .mixers import (HGRU, AttentionMixer, TokenMixer, create_mixer, get_mixer_class, list_mixers,
+                     register_mixer)
 from .scan import bidirectional_scan, complex_scan, real_scan
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "complex_scan", "bidirectional_scan", "real_scan",
+    "hgru", "complex_scan", "bidirectional_scan", "real_scan",
     "get_backend", "list_backends", "register_backend", "resolve_backend",
-    "HGRU", "AttentionMixer", "TokenMixer", "create_mixer", "list_mixers", "register_mixer",
-    "HierarchicalLowerBound",
+    "HGRU", "AttentionMixer", "TokenMixer", "create_mixer", "get_mixer_class", "list_mixers", "register_mixer",
+    "HierarchicalLowerBound", "norm_gate",
 ]

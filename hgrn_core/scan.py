@@ -18,7 +18,6 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import ops
 from .backends import resolve_backend
 
 DEBUG_ENV_VAR = "HGRN_DEBUG"
@@ -96,11 +95,6 @@ def _check_state(name: str, state, like: Tensor, complex_: bool) -> Tuple:
     return parts
 
 
-def _cast(outputs, like: Tensor) -> tuple:
-    """Outputs of a backend run without the op (the reference loop), in the input dtype."""
-    return tuple(o.to(like.dtype) for o in outputs)
-
-
 # ------------------------------------------------------------------------------ entry points
 def complex_scan(u: Tensor, v: Tensor, lam: Tensor, theta: Tensor, *, reverse: bool = False,
                  initial_state: Optional[State] = None, return_final_state: bool = False,
@@ -117,10 +111,7 @@ def complex_scan(u: Tensor, v: Tensor, lam: Tensor, theta: Tensor, *, reverse: b
     h0r, h0i = _check_state("initial_state", initial_state, first, True)
     _check_lam(lam)
     impl = resolve_backend(backend, first.device)
-    if impl.autograd_forward:
-        hr, hi, hNr, hNi = _cast(impl.complex_forward(u, v, lam, theta, h0r, h0i, reverse), u)
-    else:
-        hr, hi, hNr, hNi = ops.complex_scan_op(u, v, lam, theta, h0r, h0i, reverse, impl.name)
+    hr, hi, hNr, hNi = impl.complex_scan(u, v, lam, theta, h0r, h0i, reverse)
     return (hr, hi, (hNr, hNi)) if return_final_state else (hr, hi)
 
 
@@ -135,9 +126,7 @@ def bidirectional_scan(u: Tensor, v: Tensor, lam: Tensor, theta_forward: Tensor,
     _check_vector("theta_reverse", theta_reverse, first, (D,), "one phase per channel")
     _check_lam(lam)
     impl = resolve_backend(backend, first.device)
-    if impl.autograd_forward:
-        return _cast(impl.bidirectional_forward(u, v, lam, theta_forward, theta_reverse), u)
-    return ops.bidirectional_scan_op(u, v, lam, theta_forward, theta_reverse, impl.name)
+    return impl.bidirectional_scan(u, v, lam, theta_forward, theta_reverse)
 
 
 def real_scan(x: Tensor, lam: Tensor, *, reverse: bool = False,
@@ -149,8 +138,5 @@ def real_scan(x: Tensor, lam: Tensor, *, reverse: bool = False,
     (h0,) = _check_state("initial_state", initial_state, first, False)
     _check_lam(lam)
     impl = resolve_backend(backend, first.device)
-    if impl.autograd_forward:
-        h, hN = _cast(impl.real_forward(x, lam, h0, reverse), x)
-    else:
-        h, hN = ops.real_scan_op(x, lam, h0, reverse, impl.name)
+    h, hN = impl.real_scan(x, lam, h0, reverse)
     return (h, hN) if return_final_state else h

@@ -40,7 +40,7 @@ from timm.models._features_fx import register_notrace_function, register_notrace
 from timm.models._manipulate import checkpoint, named_apply
 from timm.models._registry import generate_default_cfgs, register_model
 
-from hgrn_core import AttentionMixer, HGRU, HierarchicalLowerBound, TokenMixer, create_mixer
+from hgrn_core import AttentionMixer, HGRU, HierarchicalLowerBound, TokenMixer, create_mixer, get_mixer_class
 
 __all__ = ['HgrnDeiT', 'Block', 'WeightlessRMSNorm', 'checkpoint_filter_fn', 'check_image_input']
 
@@ -207,12 +207,10 @@ class HgrnDeiT(nn.Module):
         glu_hidden_dim = glu_hidden_dim or int(round(mlp_ratio * embed_dim))
         self.glu_hidden_dim = glu_hidden_dim
 
-        if mixer == 'hgru':
-            mixer_kwargs: Dict[str, Any] = dict(backend=mixer_backend)
-        elif mixer == 'attention':
-            mixer_kwargs = dict(num_heads=num_heads, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate)
-        else:
-            mixer_kwargs = {}
+        mixer_cls = get_mixer_class(mixer)  # the mixer says what it takes and needs
+        mixer_kwargs = mixer_cls.options_from_model(
+            mixer_backend=mixer_backend, num_heads=num_heads, attn_drop=attn_drop_rate,
+            proj_drop=proj_drop_rate)
 
         # hgrn_core modules take no device / dtype: build them under a device context
         with torch.device(device) if device is not None else nullcontext():
@@ -227,8 +225,9 @@ class HgrnDeiT(nn.Module):
                 **dd,
             )
             reduction = self.patch_size[0]
-            # one Gamma (L, d) per model; attention has no forget gate and no lower bound
-            self.lower_bound = HierarchicalLowerBound(depth, embed_dim) if mixer == 'hgru' else None
+            # one Gamma (L, d) per model, for mixers with a forget gate (not attention)
+            self.lower_bound = (HierarchicalLowerBound(depth, embed_dim)
+                                if mixer_cls.uses_lower_bound else None)
 
             dpr = calculate_drop_path_rates(drop_path_rate, depth)
             self.blocks = nn.ModuleList([

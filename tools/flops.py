@@ -18,6 +18,12 @@ What is counted (conventions, also written into every JSON report):
     - ``hgrn::bidirectional_scan``: two complex scans (12) + 2 adds summing the two
       directions (real and imaginary part) = 14 MACs.
     - ``hgrn::real_scan``: 1 MAC (h = lam*h + x).
+* The fused HGRU ops, counted as the scans and the norm they replace:
+    - ``hgrn::hgru`` (gates + scans, input ``proj`` (B, N, W + d)): per (B, N, d) 14 MACs
+      bidirectional complex, 6 one complex direction, 1 per direction real; the gates
+      (sigmoid, SiLU, (1 - lam) c) are elementwise, as uncounted as before.
+    - ``hgrn::norm_gate`` (LayerNorm(h) * SiLU(gate), h (B, N, W)): the norm's 5 per
+      element with an affine (4 without); the gating product is elementwise, not counted.
 * ``aten::scaled_dot_product_attention`` (timm's fused attention), which fvcore would
   skip: B*H*Nq*Nk*(Dqk + Dv) MACs for the two matmuls; the softmax is not counted.
 * Everything else fvcore could not count (activations, elementwise gates, softmax,
@@ -64,6 +70,9 @@ CONVENTIONS = {
     "hgrn::bidirectional_scan": f"{BIDIRECTIONAL_SCAN_MACS} MACs per batch*token*channel "
                                 "(2 directions x 6 + 2 adds summing them)",
     "hgrn::real_scan": f"{REAL_SCAN_MACS} MAC per batch*token*channel (h = lam*h + x)",
+    "hgrn::hgru": "as the scans it fuses: 14 MACs per batch*token*channel bidirectional "
+                  "complex, 6 one complex direction, 1 per direction real; gates not counted",
+    "hgrn::norm_gate": "as a LayerNorm of h: 5 per element with affine, 4 without",
     "aten::scaled_dot_product_attention": "B*H*Nq*Nk*(Dqk+Dv) MACs (QK^T and AV); softmax not counted",
     "norms": "fvcore estimate: 5 per element with affine, 4 without",
     "not_counted": "ops listed under skipped_ops are not in the totals; fvcore also ignores "
@@ -94,6 +103,28 @@ def _scan_handle(op: str):
     return handle
 
 
+def _is_none(val: Any) -> bool:
+    return val.type().kind() == "NoneType"
+
+
+def hgru_handle(inputs: List[Any], outputs: List[Any]) -> int:
+    """hgrn::hgru(proj, lower_bound, theta_f, theta_r, h0, direction, backend)."""
+    B, N, P = _shape(inputs[0])
+    complex_ = not (_is_none(inputs[2]) and _is_none(inputs[3]))
+    both = inputs[5].toIValue() == "both"
+    d = P // (3 if complex_ else 2)
+    if complex_:
+        per = BIDIRECTIONAL_SCAN_MACS if both else COMPLEX_SCAN_MACS
+    else:
+        per = REAL_SCAN_MACS * (2 if both else 1)
+    return per * B * N * d
+
+
+def norm_gate_handle(inputs: List[Any], outputs: List[Any]) -> int:
+    """hgrn::norm_gate(h, gate, weight, bias, eps, backend): as fvcore counts a LayerNorm."""
+    return math.prod(_shape(inputs[0])) * (4 if _is_none(inputs[2]) else 5)
+
+
 def sdpa_handle(inputs: List[Any], outputs: List[Any]) -> int:
     """aten::scaled_dot_product_attention(q, k, v, ...): q (..., Nq, E), k (..., Nk, E),
     v (..., Nk, Ev)."""
@@ -106,6 +137,8 @@ EXTRA_HANDLES = {
     "hgrn::complex_scan": _scan_handle("hgrn::complex_scan"),
     "hgrn::bidirectional_scan": _scan_handle("hgrn::bidirectional_scan"),
     "hgrn::real_scan": _scan_handle("hgrn::real_scan"),
+    "hgrn::hgru": hgru_handle,
+    "hgrn::norm_gate": norm_gate_handle,
     "aten::scaled_dot_product_attention": sdpa_handle,
 }
 

@@ -13,6 +13,12 @@ autograd wiring for every backend; backward methods receive only the op's inputs
 
 Backends may compute in any precision >= fp32 and return any float dtype: the op
 casts results back to the dtypes of the inputs.
+
+The HGRU op (``hgrn::hgru``: the whole recurrent core, from ``in_proj``'s output to the
+state) is ``hgru_forward`` / ``hgru_backward``; the base class composes it from the gates
+(``hgrn_core.gates``) and the scans above, fused backends override it. The public API calls
+a backend through its entry points (``hgru``, ``complex_scan``, ...), which run the custom
+ops; a backend differentiated by autograd itself (the reference loop) overrides them.
 """
 from __future__ import annotations
 
@@ -22,12 +28,29 @@ import torch
 from torch import Tensor
 
 
+DIRECTIONS = ("forward", "reverse", "both")
+
+
 class ScanBackend:
     name: str = "base"
     description: str = ""
-    # True for a backend whose forward is differentiated by autograd itself (the reference
-    # loop): it is called directly, without the custom op, and needs no backward methods.
-    autograd_forward: bool = False
+
+    # --- entry points of the public API: the custom ops (autograd, compile, tracing) -------
+    def hgru(self, proj, lower_bound, theta_f, theta_r, h0, direction):
+        from ..hgru_op import hgru_op
+        return hgru_op(proj, lower_bound, theta_f, theta_r, h0, direction, self.name)
+
+    def complex_scan(self, u, v, lam, theta, h0r, h0i, reverse):
+        from ..ops import complex_scan_op
+        return complex_scan_op(u, v, lam, theta, h0r, h0i, reverse, self.name)
+
+    def bidirectional_scan(self, u, v, lam, theta_f, theta_r):
+        from ..ops import bidirectional_scan_op
+        return bidirectional_scan_op(u, v, lam, theta_f, theta_r, self.name)
+
+    def real_scan(self, x, lam, h0, reverse):
+        from ..ops import real_scan_op
+        return real_scan_op(x, lam, h0, reverse, self.name)
 
     def is_available(self, device: torch.device) -> bool:
         """Whether this backend can run on tensors living on ``device``."""
@@ -75,6 +98,79 @@ class ScanBackend:
                       ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         """Returns ``dx, dlam, dh0`` (dh0 None without h0)."""
         raise NotImplementedError
+
+    # --- the HGRU core: gates + scans (hgrn::hgru) ---------------------------------------------
+    # proj (B, N, W + d) = [c (W) | mu (d)], W = 2d complex ([Re | Im]) or d real (theta_f and
+    # theta_r None); direction 'forward' | 'reverse' | 'both'; h0 (B, W) for one direction.
+    def hgru_forward(self, proj, lower_bound, theta_f, theta_r, h0, direction):
+        """Returns ``h`` (B, N, W) and the final state ``hN`` (B, W) (None for 'both')."""
+        from ..gates import hgru_gates
+        complex_ = theta_f is not None or theta_r is not None
+        g = hgru_gates(proj, lower_bound, complex_)
+        h0 = None if h0 is None else h0.to(g.x.dtype)
+        if not complex_:
+            if direction == "both":
+                h, _ = self.real_forward(g.x, g.lam, None, False)
+                return h + self.real_forward(g.x, g.lam, None, True)[0], None
+            return self.real_forward(g.x, g.lam, h0, direction == "reverse")
+        u, v = g.x.chunk(2, -1)
+        if direction == "both":
+            return torch.cat(self.bidirectional_forward(u, v, g.lam, theta_f, theta_r), -1), None
+        h0r, h0i = (None, None) if h0 is None else h0.chunk(2, -1)
+        reverse = direction == "reverse"
+        hr, hi, hNr, hNi = self.complex_forward(u, v, g.lam, theta_r if reverse else theta_f,
+                                                h0r, h0i, reverse)
+        return torch.cat([hr, hi], -1), torch.cat([hNr, hNi], -1)
+
+    def hgru_backward(self, dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction):
+        """Returns ``dproj`` (B, N, W + d), ``dlower_bound``, ``dtheta_f``, ``dtheta_r``,
+        ``dh0`` (None where the input was None or unused). Gates are recomputed."""
+        from ..gates import hgru_gates, hgru_gates_backward
+        complex_ = theta_f is not None or theta_r is not None
+        g = hgru_gates(proj, lower_bound, complex_)
+        dt = g.x.dtype
+        dh = dh.to(dt)
+        h0 = None if h0 is None else h0.to(dt)
+        dhN = None if dhN is None else dhN.to(dt)
+        dtf = dtr = dh0 = None
+        if not complex_:
+            if direction == "both":
+                dxf, dlf, _ = self.real_backward(dh, None, g.x, g.lam, None, False)
+                dxr, dlr, _ = self.real_backward(dh, None, g.x, g.lam, None, True)
+                dx, dlam = dxf + dxr, dlf + dlr
+            else:
+                dx, dlam, dh0 = self.real_backward(dh, dhN, g.x, g.lam, h0,
+                                                   direction == "reverse")
+        else:
+            u, v = g.x.chunk(2, -1)
+            ghr, ghi = dh.chunk(2, -1)
+            if direction == "both":
+                du, dv, dlam, dtf, dtr = self.bidirectional_backward(
+                    ghr, ghi, u, v, g.lam, theta_f, theta_r)
+            else:
+                reverse = direction == "reverse"
+                h0r, h0i = (None, None) if h0 is None else h0.chunk(2, -1)
+                gNr, gNi = (None, None) if dhN is None else dhN.chunk(2, -1)
+                du, dv, dlam, dth, dh0r, dh0i = self.complex_backward(
+                    ghr, ghi, gNr, gNi, u, v, g.lam, theta_r if reverse else theta_f,
+                    h0r, h0i, reverse)
+                dtf, dtr = (None, dth) if reverse else (dth, None)
+                dh0 = None if h0 is None else torch.cat([dh0r, dh0i], -1)
+            dx = torch.cat([du, dv], -1)
+        dproj, dlb = hgru_gates_backward(g, dx, dlam, lower_bound, proj.dtype)
+        return dproj, dlb, dtf, dtr, dh0
+
+    # --- fused output path: LayerNorm(h) * SiLU(gate) (op hgrn::norm_gate) -------------------
+    # The default is the plain torch composition; fused backends override it.
+    def norm_gate_forward(self, h, gate, weight, bias, eps):
+        """Returns ``y`` (B, N, W) in h's dtype and ``mean, rstd`` (B, N) fp32 statistics."""
+        from ..norm_gate_op import norm_gate_reference_forward
+        return norm_gate_reference_forward(h, gate, weight, bias, eps)
+
+    def norm_gate_backward(self, dy, h, gate, weight, bias, mean, rstd, eps):
+        """Returns ``dh, dgate, dweight, dbias`` (the last two None without weight / bias)."""
+        from ..norm_gate_op import norm_gate_reference_backward
+        return norm_gate_reference_backward(dy, h, gate, weight, bias, mean, rstd, eps)
 
     def __repr__(self) -> str:
         return f"<hgrn scan backend {self.name!r}>"

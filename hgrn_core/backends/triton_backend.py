@@ -77,3 +77,22 @@ class TritonBackend(ScanBackend):
             gh, None, ghN, None, x, None, lam, None, None, h0, None,
             forward=not reverse, backward_dir=reverse)
         return dx, dlam, dh0
+
+    # --- the HGRU core (hgrn::hgru): gates and scans fused ----------------------------------
+    def hgru_forward(self, proj, lower_bound, theta_f, theta_r, h0, direction):
+        from ..kernels import triton_hgru  # imports triton
+        return triton_hgru.hgru_forward(proj, lower_bound, theta_f, theta_r, h0, direction)
+
+    def hgru_backward(self, dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction):
+        from ..kernels import triton_hgru
+        return triton_hgru.hgru_backward(dh, dhN, proj, lower_bound, theta_f, theta_r, h0,
+                                         direction)
+
+    # --- fused output path: LayerNorm(h) * SiLU(gate) ---------------------------------------
+    def norm_gate_forward(self, h, gate, weight, bias, eps):
+        from ..kernels import triton_norm_gate  # imports triton
+        return triton_norm_gate.norm_gate_forward(h, gate, weight, bias, eps)
+
+    def norm_gate_backward(self, dy, h, gate, weight, bias, mean, rstd, eps):
+        from ..kernels import triton_norm_gate
+        return triton_norm_gate.norm_gate_backward(dy, h, gate, weight, bias, mean, rstd, eps)

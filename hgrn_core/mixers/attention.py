@@ -26,6 +26,10 @@ class AttentionMixer(TokenMixer):
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias,
                               attn_drop=attn_drop, proj_drop=proj_drop)
 
+    @classmethod
+    def options_from_model(cls, num_heads=None, attn_drop=0.0, proj_drop=0.0, **_):
+        return dict(num_heads=num_heads, attn_drop=attn_drop, proj_drop=proj_drop)
+
     def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None) -> Tensor:
         check_tokens(x, self.dim, "AttentionMixer")
         return self.attn(x)

@@ -12,7 +12,20 @@ from torch import Tensor, nn
 
 
 class TokenMixer(nn.Module):
-    """Base class: subclasses implement ``forward(x, lower_bound=None)``."""
+    """Base class: subclasses implement ``forward(x, lower_bound=None)``.
+
+    A mixer says what it needs from the model that holds it: ``uses_lower_bound`` (the model
+    then owns a ``HierarchicalLowerBound`` and passes each layer its row), and
+    ``options_from_model`` picks its constructor arguments from the model's options, so
+    that models never branch on mixer names."""
+
+    uses_lower_bound: bool = False
+
+    @classmethod
+    def options_from_model(cls, **model_options) -> Dict[str, object]:
+        """Constructor keywords taken from the model's options (``mixer_backend``,
+        ``num_heads``, ``attn_drop``, ``proj_drop``, ...): none by default."""
+        return {}
 
     def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None) -> Tensor:
         raise NotImplementedError
@@ -32,11 +45,16 @@ def list_mixers() -> list[str]:
     return sorted(_MIXERS)
 
 
-def create_mixer(name: str, dim: int, **kwargs) -> TokenMixer:
-    """Build the mixer registered as ``name`` for width ``dim``."""
+def get_mixer_class(name: str) -> Type[TokenMixer]:
+    """The mixer class registered as ``name`` (ValueError naming the choices if unknown)."""
     if name not in _MIXERS:
         raise ValueError(f"unknown token mixer {name!r}; choose one of {list_mixers()}")
-    return _MIXERS[name](dim, **kwargs)
+    return _MIXERS[name]
+
+
+def create_mixer(name: str, dim: int, **kwargs) -> TokenMixer:
+    """Build the mixer registered as ``name`` for width ``dim``."""
+    return get_mixer_class(name)(dim, **kwargs)
 
 
 def check_tokens(x: Tensor, dim: int, who: str) -> None:

@@ -1,0 +1,66 @@
+"""The HGRU's gates in plain torch: from the projection to the scan inputs, and back.
+
+``proj`` is ``in_proj``'s core output, ``[c (W) | mu (d)]`` per token, with ``W = 2d``
+(``c = [Re c | Im c]``, complex) or ``W = d`` (real). Spec §1:
+
+    s   = sigmoid(mu),   lam = gamma + (1 - gamma) s        (gamma: the layer's lower bound)
+    x   = (1 - lam) SiLU(c)                                  (the scan input; lam shared by Re, Im)
+
+This is what the fused kernels do in registers; the torch backends compose the HGRU op from
+these two functions and the scans (``ScanBackend.hgru_forward`` / ``hgru_backward``). Math
+runs in fp32 (fp64 for fp64 inputs): in bf16 a decay of 0.997 already rounds to 1.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .backends.base import compute_dtype
+
+
+class Gates(NamedTuple):
+    x: Tensor          # (B, N, W) scan input (1 - lam) SiLU(c)
+    lam: Tensor        # (B, N, d) decay
+    s: Tensor          # (B, N, d) sigmoid(mu)
+    c: Tensor          # (B, N, W) c in the compute dtype (for SiLU's derivative)
+    silu_c: Tensor     # (B, N, W)
+
+
+def state_width(proj: Tensor, complex_valued: bool) -> Tuple[int, int]:
+    """(W, d) of a projection ``[c (W) | mu (d)]``."""
+    d = proj.shape[-1] // (3 if complex_valued else 2)
+    return proj.shape[-1] - d, d
+
+
+def _per_plane(t: Tensor, W: int) -> Tensor:
+    """A (B, N, d) tensor broadcast over the planes of a (B, N, W) one (W = d or 2d)."""
+    return t if t.shape[-1] == W else t.repeat(1, 1, W // t.shape[-1])
+
+
+def hgru_gates(proj: Tensor, lower_bound: Optional[Tensor], complex_valued: bool) -> Gates:
+    W, d = state_width(proj, complex_valued)
+    dt = compute_dtype(proj.dtype)
+    c = proj[..., :W].to(dt)
+    s = torch.sigmoid(proj[..., W:].to(dt))
+    lam = s if lower_bound is None else torch.lerp(s, torch.ones_like(s), lower_bound.to(dt))
+    silu_c = F.silu(c)
+    x = silu_c * _per_plane(1 - lam, W)
+    return Gates(x, lam, s, c, silu_c)
+
+
+def hgru_gates_backward(g: Gates, dx: Tensor, dlam: Tensor, lower_bound: Optional[Tensor],
+                        proj_dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor]]:
+    """Gradients of the projection (B, N, W + d) and of the lower bound (d,), given those of
+    the scan input ``dx`` (B, N, W) and of the decay ``dlam`` (B, N, d)."""
+    W, d = g.x.shape[-1], g.lam.shape[-1]
+    # x = (1 - lam) SiLU(c): lam gets -sum over planes of SiLU(c) dx
+    dlam = dlam - (g.silu_c * dx).unflatten(-1, (W // d, d)).sum(-2)
+    sig_c = torch.sigmoid(g.c)
+    dc = dx * _per_plane(1 - g.lam, W) * sig_c * (1 + g.c * (1 - sig_c))
+    lb = 0.0 if lower_bound is None else lower_bound.to(g.lam.dtype)
+    dmu = dlam * (1 - lb) * g.s * (1 - g.s)
+    dlb = None if lower_bound is None else (dlam * (1 - g.s)).sum((0, 1))
+    return torch.cat([dc, dmu], -1).to(proj_dtype), dlb
