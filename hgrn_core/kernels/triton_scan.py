@@ -513,6 +513,12 @@ def _summary_buffers(B, G, D, device, dt, n):
     return [torch.empty(B, G, D, device=device, dtype=dt) for _ in range(n)]
 
 
+def _summary_args(sf, sr) -> dict:
+    """Per-tile summary buffers (end state re/im, total decay re/im) of each direction."""
+    return dict(EFR=sf[0], EFI=sf[1], PFR=sf[2], PFI=sf[3],
+                ERR=sr[0], ERI=sr[1], PRR=sr[2], PRI=sr[3])
+
+
 def _run_carry(cfg, B, D, ends, decs, h0r, h0i, reverse, real, dt, device):
     """Pass 2: state entering every tile + final state, from per-tile summaries."""
     G = ends[0].shape[1]
@@ -522,9 +528,9 @@ def _run_carry(cfg, B, D, ends, decs, h0r, h0i, reverse, real, dt, device):
     fi = fr if real else torch.empty_like(fr)
     has_h0 = h0r is not None
     _carry_kernel[(cfg.n_dblk, B)](
-        ends[0], ends[-1], decs[0], decs[-1],
-        h0r if has_h0 else fr, (h0i if has_h0 and not real else fr),
-        cr, ci, fr, fi, G, D,
+        ER=ends[0], EI=ends[-1], PR=decs[0], PI=decs[-1],
+        H0R=h0r if has_h0 else fr, H0I=h0i if has_h0 and not real else fr,
+        CR=cr, CI=ci, FR=fr, FI=fi, G=G, D=D,
         BLOCK_D=cfg.block_d, HAS_H0=has_h0, REVERSE=reverse, REAL=real, ACC=_acc(dt))
     return cr, ci, fr, fi
 
@@ -552,9 +558,6 @@ def scan_forward(u, v, lam, theta_f, theta_r, h0r=None, h0i=None, *,
     dims = dict(BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=acc,
                 num_warps=cfg.num_warps)
 
-    def dirs_args(cf, cr):  # carries (B, G, D) or h0 (B, D) -> pointer args + strides
-        return cf, cr
-
     if not cfg.chunked:
         # one group of all tiles per program, carry in registers
         G = 1
@@ -563,10 +566,9 @@ def scan_forward(u, v, lam, theta_f, theta_r, h0r=None, h0i=None, *,
         ci = h0i if (h0i is not None and not real) else c
         has = h0r is not None
         _fwd_kernel[(cfg.n_dblk, B, 1)](
-            u, vv, lam, thf, thr,
-            c, ci, c, ci, D, 0,
-            hr, hi, *ends, *ends,
-            N, D, cfg.n_tiles,
+            U=u, V=vv, LAM=lam, THF=thf, THR=thr,
+            CFR=c, CFI=ci, CRR=c, CRI=ci, c_sb=D, c_sg=0, HR=hr, HI=hi,
+            **_summary_args(ends, ends), N=N, D=D, TPP=cfg.n_tiles,
             DO_F=do_f, DO_R=do_r, HAS_CF=has and do_f, HAS_CR=has and do_r,
             STORE_H=True, STORE_SUM=not both, **dims)
         if both:
@@ -578,8 +580,9 @@ def scan_forward(u, v, lam, theta_f, theta_r, h0r=None, h0i=None, *,
     sf = _summary_buffers(B, T, D, device, dt, 4)
     sr = _summary_buffers(B, T, D, device, dt, 4)
     _fwd_kernel[(cfg.n_dblk, B, T)](
-        u, vv, lam, thf, thr, hr, hr, hr, hr, 0, 0, hr, hi,
-        *sf, *sr, N, D, 1,
+        U=u, V=vv, LAM=lam, THF=thf, THR=thr,
+        CFR=hr, CFI=hr, CRR=hr, CRI=hr, c_sb=0, c_sg=0, HR=hr, HI=hi,
+        **_summary_args(sf, sr), N=N, D=D, TPP=1,
         DO_F=do_f, DO_R=do_r, HAS_CF=False, HAS_CR=False, STORE_H=False, STORE_SUM=True,
         **dims)
     carries = {}
@@ -591,8 +594,9 @@ def scan_forward(u, v, lam, theta_f, theta_r, h0r=None, h0i=None, *,
     cf = carries.get("f", (hr, hr, None, None))
     cr = carries.get("r", (hr, hr, None, None))
     _fwd_kernel[(cfg.n_dblk, B, T)](
-        u, vv, lam, thf, thr, cf[0], cf[1], cr[0], cr[1], T * D, D, hr, hi,
-        *sf, *sr, N, D, 1,
+        U=u, V=vv, LAM=lam, THF=thf, THR=thr,
+        CFR=cf[0], CFI=cf[1], CRR=cr[0], CRI=cr[1], c_sb=T * D, c_sg=D, HR=hr, HI=hi,
+        **_summary_args(sf, sr), N=N, D=D, TPP=1,
         DO_F=do_f, DO_R=do_r, HAS_CF=do_f, HAS_CR=do_r, STORE_H=True, STORE_SUM=False,
         **dims)
     if both:
@@ -647,8 +651,9 @@ def scan_backward(ghr, ghi, ghNr, ghNi, u, v, lam, theta_f, theta_r, h0r=None, h
         sr = _summary_buffers(B, T, D, device, dt, 4)
         # state carries: forward pass 1 + 2
         _fwd_kernel[(cfg.n_dblk, B, T)](
-            u, vv, lam, thf, thr, dummy, dummy, dummy, dummy, 0, 0, dummy, dummy,
-            *sf, *sr, N, D, 1,
+            U=u, V=vv, LAM=lam, THF=thf, THR=thr,
+            CFR=dummy, CFI=dummy, CRR=dummy, CRI=dummy, c_sb=0, c_sg=0, HR=dummy, HI=dummy,
+            **_summary_args(sf, sr), N=N, D=D, TPP=1,
             DO_F=do_f, DO_R=do_r, HAS_CF=False, HAS_CR=False, STORE_H=False,
             STORE_SUM=True, **dims)
         h0 = (None, None) if both else (h0r, h0i)
@@ -658,10 +663,11 @@ def scan_backward(ghr, ghi, ghNr, ghNi, u, v, lam, theta_f, theta_r, h0r=None, h
             if do_r else None
         # gradient carries: backward pass 1 + 2
         _bwd_kernel[(cfg.n_dblk, B, T)](
-            u, vv, lam, ghr, gii, thf, thr,
-            dummy, dummy, dummy, dummy, 0, 0, dummy, dummy, dummy, dummy, 0, 0,
-            dummy, dummy, dummy, dummy, dummy,
-            *sf, *sr, N, D,
+            U=u, V=vv, LAM=lam, GR=ghr, GI=gii, THF=thf, THR=thr,
+            HFR=dummy, HFI=dummy, HRR=dummy, HRI=dummy, h_sb=0, h_sg=0,
+            QFR=dummy, QFI=dummy, QRR=dummy, QRI=dummy, q_sb=0, q_sg=0,
+            DU=dummy, DV=dummy, DLAM=dummy, DTF=dummy, DTR=dummy,
+            **_summary_args(sf, sr), N=N, D=D,
             DO_F=do_f, DO_R=do_r, HAS_HF=False, HAS_HR=False, HAS_QF=False, HAS_QR=False,
             SUMMARY=True, **dims)
         gN = (None, None) if both or ghNr is None else (ghNr, ghNi)
@@ -674,11 +680,13 @@ def scan_backward(ghr, ghi, ghNr, ghNi, u, v, lam, theta_f, theta_r, h0r=None, h
     def ptrs(p):
         return (p[0], p[1]) if p is not None else (dummy, dummy)
 
+    (hfr, hfi), (hrr, hri), (qfr, qfi), (qrr, qri) = ptrs(hf), ptrs(hrv), ptrs(qf), ptrs(qrv)
     _bwd_kernel[(cfg.n_dblk, B, T)](
-        u, vv, lam, ghr, gii, thf, thr,
-        *ptrs(hf), *ptrs(hrv), *h_strides, *ptrs(qf), *ptrs(qrv), *q_strides,
-        du, dv, dlam, dtf, dtr,
-        *([dummy] * 8), N, D,
+        U=u, V=vv, LAM=lam, GR=ghr, GI=gii, THF=thf, THR=thr,
+        HFR=hfr, HFI=hfi, HRR=hrr, HRI=hri, h_sb=h_strides[0], h_sg=h_strides[1],
+        QFR=qfr, QFI=qfi, QRR=qrr, QRI=qri, q_sb=q_strides[0], q_sg=q_strides[1],
+        DU=du, DV=dv, DLAM=dlam, DTF=dtf, DTR=dtr,
+        **_summary_args([dummy] * 4, [dummy] * 4), N=N, D=D,
         DO_F=do_f, DO_R=do_r, HAS_HF=hf is not None, HAS_HR=hrv is not None,
         HAS_QF=qf is not None, HAS_QR=qrv is not None, SUMMARY=False, **dims)
 
