@@ -1,0 +1,1092 @@
+"""Fused Triton kernels for the whole recurrent core of the HGRU (op ``hgrn::hgru``).
+
+    proj = [c (W) | mu (d)]  (B, N, W + d), W = 2d complex ([Re c | Im c]) or d real
+    s = sigmoid(mu);  lam = lb + (1 - lb) s;  x = (1 - lam) * silu(c)
+    forward:  h_t = lam_t e^{i theta_f} h_{t-1} + x_t      (h_0 = h0 or 0)
+    reverse:  h_t = lam_t e^{i theta_r} h_{t+1} + x_t      (h_{N+1} = h0 or 0)
+    both:     h = h_fwd + h_rev                             (no initial / final state)
+
+Public functions (the Triton backend wires them into ``hgrn::hgru``):
+
+    hgru_forward(proj, lower_bound, theta_f, theta_r, h0, direction) -> (h, hN)
+    hgru_backward(dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction)
+        -> (dproj, dlb, dtf, dtr, dh0)
+
+Layout (docs/hgru_kernel_notes.md has the reasoning and the byte counts). A program owns one
+batch row and ``BLOCK_D`` contiguous channels and *walks* time in tiles of ``BLOCK_T`` rows
+with its state in registers: one 2-D load per input and tile (at a fixed token the channels
+are contiguous, so rows coalesce), gates formed in registers in fp32 (fp64 for fp64 inputs),
+the recurrence inside a tile by ``tl.associative_scan`` along axis 0 over (decay, input)
+pairs, the carry from the previous tile applied as ``h = X + Acum * carry``.
+
+Every recurrence involved is one of four *quantities*, each walked left-to-right (L) or
+right-to-left (R):
+
+    HF  forward state      L   decay A_f,t = lam_t e^{i theta_f}        input x_t
+    HR  reverse state      R   decay A_r,t = lam_t e^{i theta_r}        input x_t
+    DF  grad. state of HF  R   decay conj(A_f,t+1)  (1 past the end)    input G_t = dh_t
+    DR  grad. state of HR  L   decay conj(A_r,t-1)  (1 before t = 0)    input G_t
+
+A launch makes at most two walks over its tiles: a *pre-walk* against the main direction
+that only carries its quantities and stores, per tile, the value entering the tile (a few
+fp32 values per tile and channel, in a scratch buffer of the program's own), then the *main
+walk*, which carries its own quantities in registers, restarts the pre-walk quantities of
+each tile from the stored boundary, and writes the output once:
+
+    forward op  'forward': main L {HF}        'reverse': main R {HR}
+                'both':    pre R {HR}, main L {HF}
+    backward    'forward': pre L {HF}, main R {DF}     'reverse': pre R {HR}, main L {DR}
+                'both':    pre L {HF, DR}, main R {HR, DF}
+
+Long sequences with few (batch, channel-block) programs are split into ``S`` segments of
+whole tiles (grid axis 2) with two launches: launch A does the pre-walk of every segment from
+a zero state, storing the boundaries, the cumulative decay from the segment edge to each
+boundary, and a per-segment summary (end state from zero, total decay) of every quantity --
+the main-walk quantities' summaries are accumulated while walking against them
+(E = sum_k (decay after k) E_k); launch B folds the few summaries of the segments before it
+(per quantity, in its own direction: multiplications only, never a division -- spec §6) into
+its carries and does the main walk.
+
+Gradients (spec §5), recomputed from ``proj``: nothing fp32 of size B*N*d is stored. With
+``y = h - x = A h_prev`` (no shift needed) and D the gradient state of a direction:
+``q = sum_dir Re(D conj(y))``, ``dtheta_dir = sum Im(D conj(y))``; with
+``dx = sum_dir D`` and ``dlam_x = -Re(dx conj(silu c))``:
+
+    dmu = [q r + dlam_x (1 - lb) s] (1 - s),   r = (1 - lb) s / lam in [0, 1] (lam = 0: r = 1)
+    dlb = sum [q / lam + dlam_x] (1 - s)       (the one division; see the notes' caveat)
+    dc  = (1 - lam) dx sigmoid(c) (1 + c (1 - sigmoid(c)))
+    dh0 = conj(A_edge) D_edge
+
+Per-channel sums (dlb, dtheta) are per-program partials reduced in torch (deterministic).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+Tensor = torch.Tensor
+
+DIRECTIONS = ("forward", "reverse", "both")
+
+
+# ------------------------------------------------------------------------------ device helpers
+@triton.jit
+def _cplx_combine(ar1, ai1, xr1, xi1, ar2, ai2, xr2, xi2):
+    # (A1, X1) then (A2, X2):  A = A2 A1,  X = A2 X1 + X2   (complex)
+    return (ar2 * ar1 - ai2 * ai1, ar2 * ai1 + ai2 * ar1,
+            ar2 * xr1 - ai2 * xi1 + xr2, ar2 * xi1 + ai2 * xr1 + xi2)
+
+
+@triton.jit
+def _real_combine(a1, x1, a2, x2):
+    return a2 * a1, a2 * x1 + x2
+
+
+@triton.jit
+def _scan(ar, ai, xr, xi, REV: tl.constexpr, REAL: tl.constexpr):
+    """Inclusive scan of a tile along time (axis 0): local states from zero (sr, si) and
+    cumulative decays (acr, aci). REV scans from the last row to the first."""
+    if REAL:
+        acr, sr = tl.associative_scan((ar, xr), 0, _real_combine, reverse=REV)
+        aci = acr
+        si = sr
+    else:
+        acr, aci, sr, si = tl.associative_scan((ar, ai, xr, xi), 0, _cplx_combine,
+                                               reverse=REV)
+    return sr, si, acr, aci
+
+
+@triton.jit
+def _apply(sr, si, acr, aci, cr, ci, REAL: tl.constexpr):
+    """States of a tile from its local scan and the carry (cr, ci) entering it."""
+    if REAL:
+        hr = sr + acr * cr[None, :]
+        hi = hr
+    else:
+        hr = sr + acr * cr[None, :] - aci * ci[None, :]
+        hi = si + acr * ci[None, :] + aci * cr[None, :]
+    return hr, hi
+
+
+@triton.jit
+def _edge(x, rows, REV: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The row where a walk leaves the tile (row 0 for REV, else the last) as a vector."""
+    if REV:
+        idx = 0
+    else:
+        idx = BLOCK_T - 1
+    return tl.sum(tl.where(rows[:, None] == idx, x, 0.0), axis=0)
+
+
+@triton.jit
+def _cmul(ar, ai, br, bi, REAL: tl.constexpr):
+    if REAL:
+        r = ar * br
+        i = r
+    else:
+        r = ar * br - ai * bi
+        i = ar * bi + ai * br
+    return r, i
+
+
+@triton.jit
+def _decay(lam, c, s, valid, CONJ: tl.constexpr, REAL: tl.constexpr):
+    """(Re, Im) of lam e^{+-i theta} on valid rows, 1 elsewhere (carries pass through)."""
+    if REAL:
+        ar = tl.where(valid, lam, 1.0)
+        ai = ar
+    else:
+        ar = tl.where(valid, lam * c[None, :], 1.0)
+        if CONJ:
+            ai = tl.where(valid, -lam * s[None, :], 0.0)
+        else:
+            ai = tl.where(valid, lam * s[None, :], 0.0)
+    return ar, ai
+
+
+@triton.jit
+def _sig(z):
+    """sigmoid(z) and 1 - sigmoid(z), both without cancellation or inf * 0."""
+    e = tl.exp(-z)
+    s = 1.0 / (1.0 + e)
+    oms = tl.where(z > 0, e * s, 1.0 - s)
+    return s, oms
+
+
+@triton.jit
+def _lam(mu, lb):
+    s, oms = _sig(mu)
+    return lb[None, :] + (1.0 - lb[None, :]) * s
+
+
+@triton.jit
+def _load_vec(ptr, mask, ACC: tl.constexpr, HAS: tl.constexpr, FILL: tl.constexpr,
+              BLOCK_D: tl.constexpr):
+    if HAS:
+        v = tl.load(ptr, mask=mask, other=FILL).to(ACC)
+    else:
+        v = tl.full([BLOCK_D], FILL, ACC)
+    return v
+
+
+@triton.jit
+def _fold(SE, SP, slot, b, B, n_seg, s_first, count, step, col, md, D, W, cr, ci,
+          REAL: tl.constexpr, ACC: tl.constexpr):
+    """Carry across ``count`` segment summaries (end state E from zero, total decay P),
+    starting at segment ``s_first`` and stepping by ``step``:  c = E + P c."""
+    for j in range(0, count):
+        s2 = s_first + j * step
+        idx = ((slot * B + b) * n_seg + s2) * W + col
+        er = tl.load(SE + idx, mask=md, other=0.0).to(ACC)
+        pr = tl.load(SP + idx, mask=md, other=0.0).to(ACC)
+        if REAL:
+            cr = er + pr * cr
+        else:
+            ei = tl.load(SE + idx + D, mask=md, other=0.0).to(ACC)
+            pi = tl.load(SP + idx + D, mask=md, other=0.0).to(ACC)
+            cr, ci = er + pr * cr - pi * ci, ei + pr * ci + pi * cr
+    return cr, ci
+
+
+@triton.jit
+def _store_pair(ptr, idx, vr, vi, md, D, REAL: tl.constexpr):
+    tl.store(ptr + idx, vr, mask=md)
+    if not REAL:
+        tl.store(ptr + idx + D, vi, mask=md)
+
+
+@triton.jit
+def _load_pair(ptr, idx, md, D, REAL: tl.constexpr, ACC: tl.constexpr):
+    vr = tl.load(ptr + idx, mask=md, other=0.0).to(ACC)
+    if REAL:
+        vi = vr
+    else:
+        vi = tl.load(ptr + idx + D, mask=md, other=0.0).to(ACC)
+    return vr, vi
+
+
+@triton.jit
+def _pre_step(sr, si, acr, aci, cr, ci, qr, qi, BND, CUM, bidx, rows, md, D,
+              REV: tl.constexpr, SEG_A: tl.constexpr, REAL: tl.constexpr,
+              BLOCK_T: tl.constexpr):
+    """Pre-walk bookkeeping of one quantity for one tile: store the boundary entering the
+    tile (and, in launch A, the cumulative decay from the segment edge), then advance the
+    carry (cr, ci) and the cumulative decay (qr, qi) over the tile."""
+    _store_pair(BND, bidx, cr, ci, md, D, REAL)
+    if SEG_A:
+        _store_pair(CUM, bidx, qr, qi, md, D, REAL)
+    er = _edge(sr, rows, REV, BLOCK_T)
+    pr = _edge(acr, rows, REV, BLOCK_T)
+    if REAL:
+        cr = er + pr * cr
+        qr = pr * qr
+    else:
+        ei = _edge(si, rows, REV, BLOCK_T)
+        pi = _edge(aci, rows, REV, BLOCK_T)
+        cr, ci = er + pr * cr - pi * ci, ei + pr * ci + pi * cr
+        qr, qi = pr * qr - pi * qi, pr * qi + pi * qr
+    return cr, ci, qr, qi
+
+
+@triton.jit
+def _racc_step(sr, si, acr, aci, er_, ei_, gr, gi, rows,
+               MREV: tl.constexpr, REAL: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Launch A: accumulate the segment summary of a main-walk quantity while walking against
+    it: E += G * E_tile, G *= P_tile (G: product of the decays of the tiles already seen)."""
+    er = _edge(sr, rows, MREV, BLOCK_T)
+    pr = _edge(acr, rows, MREV, BLOCK_T)
+    if REAL:
+        er_ = er_ + gr * er
+        gr = gr * pr
+    else:
+        ei = _edge(si, rows, MREV, BLOCK_T)
+        pi = _edge(aci, rows, MREV, BLOCK_T)
+        er_, ei_ = er_ + gr * er - gi * ei, ei_ + gr * ei + gi * er
+        gr, gi = gr * pr - gi * pi, gr * pi + gi * pr
+    return er_, ei_, gr, gi
+
+
+@triton.jit
+def _boundary(BND, CUM, bidx, pcr, pci, md, D, SEG_B: tl.constexpr, REAL: tl.constexpr,
+              ACC: tl.constexpr):
+    """Carry entering a tile for a pre-walk quantity: the stored boundary, plus (launch B)
+    the cumulative decay from the segment edge times the segment's carry-in."""
+    br, bi = _load_pair(BND, bidx, md, D, REAL, ACC)
+    if SEG_B:
+        qr, qi = _load_pair(CUM, bidx, md, D, REAL, ACC)
+        if REAL:
+            br = br + qr * pcr
+        else:
+            br, bi = br + qr * pcr - qi * pci, bi + qr * pci + qi * pcr
+    return br, bi
+
+
+# ------------------------------------------------------------------------------------ forward
+@triton.jit
+def _hgru_fwd_kernel(
+        P, sp_b, sp_n, H, HN, H0, LB, THF, THR,
+        BND, CUM, SE, SP,
+        N, D, n_tiles, tps, n_seg,
+        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, REAL: tl.constexpr, ACC: tl.constexpr,
+        HAS_LB: tl.constexpr, HAS_H0: tl.constexpr, DO_F: tl.constexpr, DO_R: tl.constexpr,
+        PRE: tl.constexpr, MAIN: tl.constexpr, SEG_A: tl.constexpr, SEG_B: tl.constexpr,
+        NUM_STAGES: tl.constexpr):
+    """Forward of the HGRU core. Main walk L for 'forward'/'both' (DO_F), R for 'reverse';
+    'both' pre-walks R for HR. PRE+MAIN: one launch (S = 1); SEG_A / SEG_B: the two launches
+    of the segmented scheme. Summary slots: HF 0, HR 1."""
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    B = tl.num_programs(1).to(tl.int64)
+    seg = tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < D
+    rows = tl.arange(0, BLOCK_T)
+    if REAL:
+        W = D
+    else:
+        W = 2 * D
+    pbase = P + b * sp_b
+    hbase = H + b * N * W
+    k_lo = seg * tps
+    k_hi = tl.minimum(k_lo + tps, n_tiles)
+    nk = k_hi - k_lo
+
+    lb = _load_vec(LB + offs_d, md, ACC, HAS_LB, 0.0, BLOCK_D)
+    if REAL:
+        cf = lb
+        sf = lb
+        cr_ = lb
+        sr_ = lb
+    else:
+        thf = _load_vec(THF + offs_d, md, ACC, DO_F, 0.0, BLOCK_D)
+        thr = _load_vec(THR + offs_d, md, ACC, DO_R, 0.0, BLOCK_D)
+        cf = tl.cos(thf)
+        sf = tl.sin(thf)
+        cr_ = tl.cos(thr)
+        sr_ = tl.sin(thr)
+    zero = tl.zeros([BLOCK_D], ACC)
+    one = tl.full([BLOCK_D], 1.0, ACC)
+
+    # ---- pre-walk (against the main direction: R if DO_F else L) ------------------------
+    if PRE or SEG_A:
+        ncr = zero  # natural carry of the pre-walk quantity (HR, 'both' only)
+        nci = zero
+        nqr = one   # its cumulative decay from the segment edge (launch A)
+        nqi = zero
+        aer = zero  # launch A: summary of the main quantity, accumulated against it
+        aei = zero
+        agr = one
+        agi = zero
+        for j in tl.range(0, nk, num_stages=NUM_STAGES):
+            if DO_F:
+                k = k_hi - 1 - j
+            else:
+                k = k_lo + j
+            t = k * BLOCK_T + rows
+            mt = (t < N)[:, None]
+            m2 = mt & md[None, :]
+            rp = pbase + t.to(tl.int64)[:, None] * sp_n + offs_d[None, :]
+            c_r = tl.load(rp, mask=m2, other=0.0).to(ACC)
+            mu = tl.load(rp + W, mask=m2, other=0.0).to(ACC)
+            s, oms = _sig(mu)
+            lam = lb[None, :] + (1.0 - lb[None, :]) * s
+            oml = (1.0 - lb[None, :]) * oms
+            xr = oml * c_r / (1.0 + tl.exp(-c_r))
+            if REAL:
+                xi = xr
+            else:
+                c_i = tl.load(rp + D, mask=m2, other=0.0).to(ACC)
+                xi = oml * c_i / (1.0 + tl.exp(-c_i))
+            bidx = (b * n_tiles + k) * W + offs_d
+            if DO_F and DO_R:
+                ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
+                sr, si, acr, aci = _scan(ar, ai, xr, xi, True, REAL)
+                ncr, nci, nqr, nqi = _pre_step(sr, si, acr, aci, ncr, nci, nqr, nqi, BND, CUM,
+                                               bidx, rows, md, D, True, SEG_A, REAL, BLOCK_T)
+            if SEG_A:
+                if DO_F:
+                    ar, ai = _decay(lam, cf, sf, mt, False, REAL)
+                    sr, si, acr, aci = _scan(ar, ai, xr, xi, False, REAL)
+                    aer, aei, agr, agi = _racc_step(sr, si, acr, aci, aer, aei, agr, agi, rows,
+                                                    False, REAL, BLOCK_T)
+                else:
+                    ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
+                    sr, si, acr, aci = _scan(ar, ai, xr, xi, True, REAL)
+                    aer, aei, agr, agi = _racc_step(sr, si, acr, aci, aer, aei, agr, agi, rows,
+                                                    True, REAL, BLOCK_T)
+        if SEG_A:
+            sidx0 = ((0 * B + b) * n_seg + seg) * W + offs_d
+            sidx1 = ((1 * B + b) * n_seg + seg) * W + offs_d
+            if DO_F:
+                _store_pair(SE, sidx0, aer, aei, md, D, REAL)
+                _store_pair(SP, sidx0, agr, agi, md, D, REAL)
+                if DO_R:
+                    _store_pair(SE, sidx1, ncr, nci, md, D, REAL)
+                    _store_pair(SP, sidx1, nqr, nqi, md, D, REAL)
+            else:
+                _store_pair(SE, sidx1, aer, aei, md, D, REAL)
+                _store_pair(SP, sidx1, agr, agi, md, D, REAL)
+
+    # ---- main walk ---------------------------------------------------------------------
+    if MAIN or SEG_B:
+        if PRE:
+            tl.debug_barrier()  # this program's boundary stores -> its own loads
+        # main carry: h0 at the walk's start, then the segments before this one
+        if HAS_H0:
+            mr, mi = _load_pair(H0, b * W + offs_d, md, D, REAL, ACC)
+        else:
+            mr = zero
+            mi = zero
+        pcr = zero  # 'both', launch B: HR entering this segment from the right
+        pci = zero
+        if SEG_B:
+            if DO_F:
+                mr, mi = _fold(SE, SP, 0, b, B, n_seg, 0, seg, 1, offs_d, md, D, W, mr, mi,
+                               REAL, ACC)
+                if DO_R:
+                    pcr, pci = _fold(SE, SP, 1, b, B, n_seg, n_seg - 1, n_seg - 1 - seg, -1,
+                                     offs_d, md, D, W, pcr, pci, REAL, ACC)
+            else:
+                mr, mi = _fold(SE, SP, 1, b, B, n_seg, n_seg - 1, n_seg - 1 - seg, -1,
+                               offs_d, md, D, W, mr, mi, REAL, ACC)
+        for j in tl.range(0, nk, num_stages=NUM_STAGES):
+            if DO_F:
+                k = k_lo + j
+            else:
+                k = k_hi - 1 - j
+            t = k * BLOCK_T + rows
+            mt = (t < N)[:, None]
+            m2 = mt & md[None, :]
+            t64 = t.to(tl.int64)[:, None]
+            rp = pbase + t64 * sp_n + offs_d[None, :]
+            c_r = tl.load(rp, mask=m2, other=0.0).to(ACC)
+            mu = tl.load(rp + W, mask=m2, other=0.0).to(ACC)
+            s, oms = _sig(mu)
+            lam = lb[None, :] + (1.0 - lb[None, :]) * s
+            oml = (1.0 - lb[None, :]) * oms
+            xr = oml * c_r / (1.0 + tl.exp(-c_r))
+            if REAL:
+                xi = xr
+            else:
+                c_i = tl.load(rp + D, mask=m2, other=0.0).to(ACC)
+                xi = oml * c_i / (1.0 + tl.exp(-c_i))
+            if DO_F:
+                ar, ai = _decay(lam, cf, sf, mt, False, REAL)
+                sr, si, acr, aci = _scan(ar, ai, xr, xi, False, REAL)
+                hr, hi = _apply(sr, si, acr, aci, mr, mi, REAL)
+                mr = _edge(hr, rows, False, BLOCK_T)
+                if not REAL:
+                    mi = _edge(hi, rows, False, BLOCK_T)
+                if DO_R:
+                    bidx = (b * n_tiles + k) * W + offs_d
+                    br, bi = _boundary(BND, CUM, bidx, pcr, pci, md, D, SEG_B, REAL, ACC)
+                    ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
+                    sr, si, acr, aci = _scan(ar, ai, xr, xi, True, REAL)
+                    gr, gi = _apply(sr, si, acr, aci, br, bi, REAL)
+                    hr = hr + gr
+                    hi = hi + gi
+            else:
+                ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
+                sr, si, acr, aci = _scan(ar, ai, xr, xi, True, REAL)
+                hr, hi = _apply(sr, si, acr, aci, mr, mi, REAL)
+                mr = _edge(hr, rows, True, BLOCK_T)
+                if not REAL:
+                    mi = _edge(hi, rows, True, BLOCK_T)
+            hp = hbase + t64 * W + offs_d[None, :]
+            tl.store(hp, hr.to(H.dtype.element_ty), mask=m2)
+            if not REAL:
+                tl.store(hp + D, hi.to(H.dtype.element_ty), mask=m2)
+        if not (DO_F and DO_R):
+            if DO_F:
+                last = seg == n_seg - 1
+            else:
+                last = seg == 0
+            if last:
+                _store_pair(HN, b * W + offs_d, mr, mi, md, D, REAL)
+
+
+# ----------------------------------------------------------------------------------- backward
+@triton.jit
+def _hgru_bwd_kernel(
+        P, sp_b, sp_n, G, sg_b, sg_n, GN, H0, LB, THF, THR,
+        DP, DH0, PTF, PTR, PLB,
+        BND, CUM, SE, SP,
+        N, D, n_tiles, tps, n_seg,
+        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, REAL: tl.constexpr, ACC: tl.constexpr,
+        HAS_LB: tl.constexpr, HAS_H0: tl.constexpr, HAS_GN: tl.constexpr,
+        DO_F: tl.constexpr, DO_R: tl.constexpr, MAIN_REV: tl.constexpr,
+        PRE: tl.constexpr, MAIN: tl.constexpr, SEG_A: tl.constexpr, SEG_B: tl.constexpr,
+        NUM_STAGES: tl.constexpr):
+    """Backward of the HGRU core. Main walk R (MAIN_REV: 'forward', 'both') or L
+    ('reverse'); quantities whose direction is the main one are carried by the main walk,
+    the others by the pre-walk. Boundary slots: HF/HR 0, DF/DR 1. Summary slots: HF 0,
+    HR 1, DF 2, DR 3. h0 seeds HF ('forward') or HR ('reverse'); dhN seeds DF / DR."""
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    B = tl.num_programs(1).to(tl.int64)
+    seg = tl.program_id(2)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < D
+    rows = tl.arange(0, BLOCK_T)
+    if REAL:
+        W = D
+    else:
+        W = 2 * D
+    WP = W + D
+    pbase = P + b * sp_b
+    gbase = G + b * sg_b
+    dbase = DP + b * N * WP
+    k_lo = seg * tps
+    k_hi = tl.minimum(k_lo + tps, n_tiles)
+    nk = k_hi - k_lo
+    # quantity roles
+    HF_MAIN: tl.constexpr = DO_F and not MAIN_REV
+    HF_PRE: tl.constexpr = DO_F and MAIN_REV
+    HR_MAIN: tl.constexpr = DO_R and MAIN_REV
+    HR_PRE: tl.constexpr = DO_R and not MAIN_REV
+    DF_MAIN: tl.constexpr = DO_F and MAIN_REV
+    DF_PRE: tl.constexpr = DO_F and not MAIN_REV
+    DR_MAIN: tl.constexpr = DO_R and not MAIN_REV
+    DR_PRE: tl.constexpr = DO_R and MAIN_REV
+    PRE_REV: tl.constexpr = not MAIN_REV
+    BOTH: tl.constexpr = DO_F and DO_R
+
+    lb = _load_vec(LB + offs_d, md, ACC, HAS_LB, 0.0, BLOCK_D)
+    if REAL:
+        cf = lb
+        sf = lb
+        cr_ = lb
+        sr_ = lb
+    else:
+        thf = _load_vec(THF + offs_d, md, ACC, DO_F, 0.0, BLOCK_D)
+        thr = _load_vec(THR + offs_d, md, ACC, DO_R, 0.0, BLOCK_D)
+        cf = tl.cos(thf)
+        sf = tl.sin(thf)
+        cr_ = tl.cos(thr)
+        sr_ = tl.sin(thr)
+    zero = tl.zeros([BLOCK_D], ACC)
+    one = tl.full([BLOCK_D], 1.0, ACC)
+    vidx = b * W + offs_d
+    if HAS_H0:
+        h0r, h0i = _load_pair(H0, vidx, md, D, REAL, ACC)
+    else:
+        h0r = zero
+        h0i = zero
+    if HAS_GN:
+        gnr, gni = _load_pair(GN, vidx, md, D, REAL, ACC)
+    else:
+        gnr = zero
+        gni = zero
+
+    # ---- pre-walk: boundaries of the quantities walking against the main direction -------
+    if PRE or SEG_A:
+        # natural carries (state quantity slot 0, gradient quantity slot 1) and their
+        # cumulative decays; launch A starts every segment from zero
+        if SEG_A:
+            c0r = zero
+            c0i = zero
+            c1r = zero
+            c1i = zero
+        else:
+            c0r = h0r
+            c0i = h0i
+            c1r = zero
+            c1i = zero
+        q0r = one
+        q0i = zero
+        q1r = one
+        q1i = zero
+        # launch A: summaries of the main quantities (state: a*, gradient: g*)
+        a_er = zero
+        a_ei = zero
+        a_gr = one
+        a_gi = zero
+        g_er = zero
+        g_ei = zero
+        g_gr = one
+        g_gi = zero
+        for j in tl.range(0, nk, num_stages=NUM_STAGES):
+            if PRE_REV:
+                k = k_hi - 1 - j
+            else:
+                k = k_lo + j
+            t = k * BLOCK_T + rows
+            mt = (t < N)[:, None]
+            m2 = mt & md[None, :]
+            t64 = t.to(tl.int64)[:, None]
+            rp = pbase + t64 * sp_n + offs_d[None, :]
+            c_r = tl.load(rp, mask=m2, other=0.0).to(ACC)
+            mu = tl.load(rp + W, mask=m2, other=0.0).to(ACC)
+            s, oms = _sig(mu)
+            lam = lb[None, :] + (1.0 - lb[None, :]) * s
+            oml = (1.0 - lb[None, :]) * oms
+            xr = oml * c_r / (1.0 + tl.exp(-c_r))
+            if REAL:
+                xi = xr
+            else:
+                c_i = tl.load(rp + D, mask=m2, other=0.0).to(ACC)
+                xi = oml * c_i / (1.0 + tl.exp(-c_i))
+            gp = gbase + t64 * sg_n + offs_d[None, :]
+            bidx0 = (b * n_tiles + k) * W + offs_d
+            bidx1 = ((B + b) * n_tiles + k) * W + offs_d
+            # state quantities
+            if HF_PRE or (SEG_A and HF_MAIN):
+                ar, ai = _decay(lam, cf, sf, mt, False, REAL)
+                sr, si, acr, aci = _scan(ar, ai, xr, xi, False, REAL)
+                if HF_PRE:
+                    c0r, c0i, q0r, q0i = _pre_step(sr, si, acr, aci, c0r, c0i, q0r, q0i, BND,
+                                                   CUM, bidx0, rows, md, D, False, SEG_A, REAL,
+                                                   BLOCK_T)
+                else:
+                    a_er, a_ei, a_gr, a_gi = _racc_step(sr, si, acr, aci, a_er, a_ei, a_gr,
+                                                        a_gi, rows, False, REAL, BLOCK_T)
+            if HR_PRE or (SEG_A and HR_MAIN):
+                ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
+                sr, si, acr, aci = _scan(ar, ai, xr, xi, True, REAL)
+                if HR_PRE:
+                    c0r, c0i, q0r, q0i = _pre_step(sr, si, acr, aci, c0r, c0i, q0r, q0i, BND,
+                                                   CUM, bidx0, rows, md, D, True, SEG_A, REAL,
+                                                   BLOCK_T)
+                else:
+                    a_er, a_ei, a_gr, a_gi = _racc_step(sr, si, acr, aci, a_er, a_ei, a_gr,
+                                                        a_gi, rows, True, REAL, BLOCK_T)
+            # gradient quantities
+            if DF_PRE or (SEG_A and DF_MAIN) or DR_PRE or (SEG_A and DR_MAIN):
+                g_r = tl.load(gp, mask=m2, other=0.0).to(ACC)
+                if REAL:
+                    g_i = g_r
+                else:
+                    g_i = tl.load(gp + D, mask=m2, other=0.0).to(ACC)
+            if DF_PRE or (SEG_A and DF_MAIN):
+                vn = (t + 1 < N)[:, None]
+                lamn = _lam(tl.load(rp + sp_n + W, mask=vn & md[None, :], other=0.0).to(ACC),
+                            lb)
+                ar, ai = _decay(lamn, cf, sf, vn, True, REAL)
+                sr, si, acr, aci = _scan(ar, ai, g_r, g_i, True, REAL)
+                if DF_PRE:
+                    c1r, c1i, q1r, q1i = _pre_step(sr, si, acr, aci, c1r, c1i, q1r, q1i, BND,
+                                                   CUM, bidx1, rows, md, D, True, SEG_A, REAL,
+                                                   BLOCK_T)
+                else:
+                    g_er, g_ei, g_gr, g_gi = _racc_step(sr, si, acr, aci, g_er, g_ei, g_gr,
+                                                        g_gi, rows, True, REAL, BLOCK_T)
+            if DR_PRE or (SEG_A and DR_MAIN):
+                vp = ((t >= 1) & (t < N))[:, None]
+                lamp = _lam(tl.load(rp - sp_n + W, mask=vp & md[None, :], other=0.0).to(ACC),
+                            lb)
+                ar, ai = _decay(lamp, cr_, sr_, vp, True, REAL)
+                sr, si, acr, aci = _scan(ar, ai, g_r, g_i, False, REAL)
+                if DR_PRE:
+                    c1r, c1i, q1r, q1i = _pre_step(sr, si, acr, aci, c1r, c1i, q1r, q1i, BND,
+                                                   CUM, bidx1, rows, md, D, False, SEG_A, REAL,
+                                                   BLOCK_T)
+                else:
+                    g_er, g_ei, g_gr, g_gi = _racc_step(sr, si, acr, aci, g_er, g_ei, g_gr,
+                                                        g_gi, rows, False, REAL, BLOCK_T)
+        if SEG_A:
+            for slot in tl.static_range(4):
+                sidx = ((slot * B + b) * n_seg + seg) * W + offs_d
+                if slot == 0:
+                    if HF_PRE:
+                        _store_pair(SE, sidx, c0r, c0i, md, D, REAL)
+                        _store_pair(SP, sidx, q0r, q0i, md, D, REAL)
+                    if HF_MAIN:
+                        _store_pair(SE, sidx, a_er, a_ei, md, D, REAL)
+                        _store_pair(SP, sidx, a_gr, a_gi, md, D, REAL)
+                if slot == 1:
+                    if HR_PRE:
+                        _store_pair(SE, sidx, c0r, c0i, md, D, REAL)
+                        _store_pair(SP, sidx, q0r, q0i, md, D, REAL)
+                    if HR_MAIN:
+                        _store_pair(SE, sidx, a_er, a_ei, md, D, REAL)
+                        _store_pair(SP, sidx, a_gr, a_gi, md, D, REAL)
+                if slot == 2:
+                    if DF_PRE:
+                        _store_pair(SE, sidx, c1r, c1i, md, D, REAL)
+                        _store_pair(SP, sidx, q1r, q1i, md, D, REAL)
+                    if DF_MAIN:
+                        _store_pair(SE, sidx, g_er, g_ei, md, D, REAL)
+                        _store_pair(SP, sidx, g_gr, g_gi, md, D, REAL)
+                if slot == 3:
+                    if DR_PRE:
+                        _store_pair(SE, sidx, c1r, c1i, md, D, REAL)
+                        _store_pair(SP, sidx, q1r, q1i, md, D, REAL)
+                    if DR_MAIN:
+                        _store_pair(SE, sidx, g_er, g_ei, md, D, REAL)
+                        _store_pair(SP, sidx, g_gr, g_gi, md, D, REAL)
+
+    # ---- main walk ---------------------------------------------------------------------
+    if MAIN or SEG_B:
+        if PRE:
+            tl.debug_barrier()  # this program's boundary stores -> its own loads
+        # main carries: state quantity (m*) and gradient quantity (n*); pre-walk segment
+        # carries for launch B (p* state, o* gradient)
+        if HF_MAIN or HR_MAIN:
+            mr = h0r
+            mi = h0i
+        else:
+            mr = zero
+            mi = zero
+        nr = gnr
+        ni = gni
+        p0r = h0r
+        p0i = h0i
+        p1r = zero
+        p1i = zero
+        if SEG_B:
+            if MAIN_REV:
+                # main R: fold the segments to the right; pre L: those to the left
+                cnt_m = n_seg - 1 - seg
+                if HR_MAIN:
+                    mr, mi = _fold(SE, SP, 1, b, B, n_seg, n_seg - 1, cnt_m, -1, offs_d, md, D,
+                                   W, mr, mi, REAL, ACC)
+                if DF_MAIN:
+                    nr, ni = _fold(SE, SP, 2, b, B, n_seg, n_seg - 1, cnt_m, -1, offs_d, md, D,
+                                   W, nr, ni, REAL, ACC)
+                if HF_PRE:
+                    p0r, p0i = _fold(SE, SP, 0, b, B, n_seg, 0, seg, 1, offs_d, md, D, W,
+                                     p0r, p0i, REAL, ACC)
+                if DR_PRE:
+                    p1r, p1i = _fold(SE, SP, 3, b, B, n_seg, 0, seg, 1, offs_d, md, D, W,
+                                     p1r, p1i, REAL, ACC)
+            else:
+                cnt_p = n_seg - 1 - seg
+                if HF_MAIN:
+                    mr, mi = _fold(SE, SP, 0, b, B, n_seg, 0, seg, 1, offs_d, md, D, W,
+                                   mr, mi, REAL, ACC)
+                if DR_MAIN:
+                    nr, ni = _fold(SE, SP, 3, b, B, n_seg, 0, seg, 1, offs_d, md, D, W,
+                                   nr, ni, REAL, ACC)
+                if HR_PRE:
+                    p0r, p0i = _fold(SE, SP, 1, b, B, n_seg, n_seg - 1, cnt_p, -1, offs_d, md,
+                                     D, W, p0r, p0i, REAL, ACC)
+                if DF_PRE:
+                    p1r, p1i = _fold(SE, SP, 2, b, B, n_seg, n_seg - 1, cnt_p, -1, offs_d, md,
+                                     D, W, p1r, p1i, REAL, ACC)
+        acc_f = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+        acc_r = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+        acc_l = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+        for j in tl.range(0, nk, num_stages=NUM_STAGES):
+            if MAIN_REV:
+                k = k_hi - 1 - j
+            else:
+                k = k_lo + j
+            t = k * BLOCK_T + rows
+            mt = (t < N)[:, None]
+            m2 = mt & md[None, :]
+            t64 = t.to(tl.int64)[:, None]
+            rp = pbase + t64 * sp_n + offs_d[None, :]
+            c_r = tl.load(rp, mask=m2, other=0.0).to(ACC)
+            mu = tl.load(rp + W, mask=m2, other=0.0).to(ACC)
+            s, oms = _sig(mu)
+            lam = lb[None, :] + (1.0 - lb[None, :]) * s
+            oml = (1.0 - lb[None, :]) * oms
+            sg_r = 1.0 / (1.0 + tl.exp(-c_r))
+            ct_r = c_r * sg_r
+            xr = oml * ct_r
+            if REAL:
+                c_i = c_r
+                sg_i = sg_r
+                ct_i = ct_r
+                xi = xr
+            else:
+                c_i = tl.load(rp + D, mask=m2, other=0.0).to(ACC)
+                sg_i = 1.0 / (1.0 + tl.exp(-c_i))
+                ct_i = c_i * sg_i
+                xi = oml * ct_i
+            gp = gbase + t64 * sg_n + offs_d[None, :]
+            g_r = tl.load(gp, mask=m2, other=0.0).to(ACC)
+            if REAL:
+                g_i = g_r
+            else:
+                g_i = tl.load(gp + D, mask=m2, other=0.0).to(ACC)
+            bidx0 = (b * n_tiles + k) * W + offs_d
+            bidx1 = ((B + b) * n_tiles + k) * W + offs_d
+            dxr = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+            dxi = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+            q = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+            if DO_F:
+                # forward direction: state HF (L), gradient state DF (R)
+                ar, ai = _decay(lam, cf, sf, mt, False, REAL)
+                sr, si, acr, aci = _scan(ar, ai, xr, xi, False, REAL)
+                if HF_MAIN:
+                    hr, hi = _apply(sr, si, acr, aci, mr, mi, REAL)
+                    mr = _edge(hr, rows, False, BLOCK_T)
+                    if not REAL:
+                        mi = _edge(hi, rows, False, BLOCK_T)
+                else:
+                    br, bi = _boundary(BND, CUM, bidx0, p0r, p0i, md, D, SEG_B, REAL, ACC)
+                    hr, hi = _apply(sr, si, acr, aci, br, bi, REAL)
+                vn = (t + 1 < N)[:, None]
+                lamn = _lam(tl.load(rp + sp_n + W, mask=vn & md[None, :], other=0.0).to(ACC),
+                            lb)
+                ar, ai = _decay(lamn, cf, sf, vn, True, REAL)
+                sr, si, acr, aci = _scan(ar, ai, g_r, g_i, True, REAL)
+                if DF_MAIN:
+                    er, ei = _apply(sr, si, acr, aci, nr, ni, REAL)
+                    nr = _edge(er, rows, True, BLOCK_T)
+                    if not REAL:
+                        ni = _edge(ei, rows, True, BLOCK_T)
+                else:
+                    br, bi = _boundary(BND, CUM, bidx1, p1r, p1i, md, D, SEG_B, REAL, ACC)
+                    er, ei = _apply(sr, si, acr, aci, br, bi, REAL)
+                yr = hr - xr
+                dxr += er
+                if REAL:
+                    q += er * yr
+                else:
+                    yi = hi - xi
+                    dxi += ei
+                    q += er * yr + ei * yi
+                    acc_f += tl.where(m2, ei * yr - er * yi, 0.0)
+            if DO_R:
+                # reverse direction: state HR (R), gradient state DR (L)
+                ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
+                sr, si, acr, aci = _scan(ar, ai, xr, xi, True, REAL)
+                if HR_MAIN:
+                    hr, hi = _apply(sr, si, acr, aci, mr, mi, REAL)
+                    mr = _edge(hr, rows, True, BLOCK_T)
+                    if not REAL:
+                        mi = _edge(hi, rows, True, BLOCK_T)
+                else:
+                    br, bi = _boundary(BND, CUM, bidx0, p0r, p0i, md, D, SEG_B, REAL, ACC)
+                    hr, hi = _apply(sr, si, acr, aci, br, bi, REAL)
+                vp = ((t >= 1) & (t < N))[:, None]
+                lamp = _lam(tl.load(rp - sp_n + W, mask=vp & md[None, :], other=0.0).to(ACC),
+                            lb)
+                ar, ai = _decay(lamp, cr_, sr_, vp, True, REAL)
+                sr, si, acr, aci = _scan(ar, ai, g_r, g_i, False, REAL)
+                if DR_MAIN:
+                    er, ei = _apply(sr, si, acr, aci, nr, ni, REAL)
+                    nr = _edge(er, rows, False, BLOCK_T)
+                    if not REAL:
+                        ni = _edge(ei, rows, False, BLOCK_T)
+                else:
+                    br, bi = _boundary(BND, CUM, bidx1, p1r, p1i, md, D, SEG_B, REAL, ACC)
+                    er, ei = _apply(sr, si, acr, aci, br, bi, REAL)
+                yr = hr - xr
+                dxr += er
+                if REAL:
+                    q += er * yr
+                else:
+                    yi = hi - xi
+                    dxi += ei
+                    q += er * yr + ei * yi
+                    acc_r += tl.where(m2, ei * yr - er * yi, 0.0)
+            # gates' gradients
+            olb = 1.0 - lb[None, :]
+            dlx = -(dxr * ct_r)
+            if not REAL:
+                dlx -= dxi * ct_i
+            pos = lam > 0
+            r = tl.where(pos, olb * s / tl.where(pos, lam, 1.0), 1.0)
+            dmu = (q * r + dlx * olb * s) * oms
+            if HAS_LB:
+                acc_l += tl.where(m2 & pos, (q / tl.where(pos, lam, 1.0) + dlx) * oms,
+                                  tl.where(m2, dlx * oms, 0.0))
+            dcr = oml * dxr * sg_r * (1.0 + c_r * (1.0 - sg_r))
+            dpp = dbase + t64 * WP + offs_d[None, :]
+            tl.store(dpp, dcr.to(DP.dtype.element_ty), mask=m2)
+            if not REAL:
+                dci = oml * dxi * sg_i * (1.0 + c_i * (1.0 - sg_i))
+                tl.store(dpp + D, dci.to(DP.dtype.element_ty), mask=m2)
+            tl.store(dpp + W, dmu.to(DP.dtype.element_ty), mask=m2)
+
+        # per-program partial sums
+        pidx = (b * n_seg + seg) * D + offs_d
+        if not REAL:
+            if DO_F:
+                tl.store(PTF + pidx, tl.sum(acc_f, axis=0), mask=md)
+            if DO_R:
+                tl.store(PTR + pidx, tl.sum(acc_r, axis=0), mask=md)
+        if HAS_LB:
+            tl.store(PLB + pidx, tl.sum(acc_l, axis=0), mask=md)
+        # dh0 = conj(A_edge) D_edge, by the program whose main walk ends at the edge
+        if HAS_H0 and not BOTH:
+            if MAIN_REV:
+                is_end = seg == 0
+                pe = pbase
+            else:
+                is_end = seg == n_seg - 1
+                pe = pbase + (N - 1).to(tl.int64) * sp_n
+            if is_end:
+                mu_e = tl.load(pe + W + offs_d, mask=md, other=0.0).to(ACC)
+                s_e, oms_e = _sig(mu_e)
+                lam_e = lb + (1.0 - lb) * s_e
+                if REAL:
+                    tl.store(DH0 + vidx, lam_e * nr, mask=md)
+                else:
+                    if MAIN_REV:
+                        ce = cf
+                        se = sf
+                    else:
+                        ce = cr_
+                        se = sr_
+                    tl.store(DH0 + vidx, lam_e * (ce * nr + se * ni), mask=md)
+                    tl.store(DH0 + vidx + D, lam_e * (ce * ni - se * nr), mask=md)
+
+
+# ------------------------------------------------------------------------------ launch config
+_OVERRIDE: dict = {}
+
+
+@contextlib.contextmanager
+def override_config(**kwargs):
+    """Force launch parameters (tests, tuning): ``block_t``, ``block_d``, ``num_warps``,
+    ``num_stages``, ``segments`` (the number S of sequence segments; >1 runs the two-launch
+    segmented scheme), ``target_programs`` (for the automatic choice of S)."""
+    old = dict(_OVERRIDE)
+    _OVERRIDE.update(kwargs)
+    try:
+        yield
+    finally:
+        _OVERRIDE.clear()
+        _OVERRIDE.update(old)
+
+
+# Defaults per pass: (BLOCK_T, BLOCK_D, num_warps, num_stages). GPU values: see
+# docs/hgru_kernel_notes.md (measured on an H200 where stated there).
+GPU_FWD = (16, 64, 2, 2)
+GPU_BWD = (16, 32, 2, 2)
+INTERP = (64, 64, 1, 1)  # the interpreter: big tiles = few interpreted steps
+MIN_TILES_PER_SEG = 8    # segments shorter than this many tiles are not worth a launch
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+class _Cfg:
+    def __init__(self, B: int, N: int, d: int, device: torch.device, bwd: bool):
+        on_gpu = device.type == "cuda" and not _interpreting()
+        bt, bd, nw, ns = (GPU_BWD if bwd else GPU_FWD) if on_gpu else INTERP
+        bt = _OVERRIDE.get("block_t", bt)
+        bd = _OVERRIDE.get("block_d", bd)
+        self.block_t = max(2, min(bt, _pow2(N)))
+        self.block_d = max(2, min(bd, _pow2(d)))
+        self.num_warps = _OVERRIDE.get("num_warps", nw)
+        self.num_stages = _OVERRIDE.get("num_stages", ns)
+        self.n_dblk = triton.cdiv(d, self.block_d)
+        self.n_tiles = triton.cdiv(N, self.block_t)
+        S = _OVERRIDE.get("segments")
+        if S is None:
+            S = 1
+            target = _OVERRIDE.get("target_programs")
+            if target is None and on_gpu:
+                target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+            programs = B * self.n_dblk
+            if target and programs < target:
+                S = max(1, min(triton.cdiv(target, programs),
+                               self.n_tiles // MIN_TILES_PER_SEG))
+        S = max(1, min(int(S), self.n_tiles))
+        self.tps = triton.cdiv(self.n_tiles, S)
+        self.n_seg = triton.cdiv(self.n_tiles, self.tps)  # no empty segment
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _acc_torch(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check(proj: Tensor, theta_f, theta_r, h0, direction: str):
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if proj.dim() != 3:
+        raise ValueError(f"proj must be (B, N, W + d), got shape {tuple(proj.shape)}")
+    real = theta_f is None
+    C = proj.shape[-1]
+    if real:
+        if theta_r is not None:
+            raise ValueError("theta_r given without theta_f (real-valued HGRU takes neither)")
+        if C % 2:
+            raise ValueError(f"real HGRU: proj width must be 2d, got {C}")
+        d = C // 2
+    else:
+        d = theta_f.numel()
+        if C != 3 * d:
+            raise ValueError(f"complex HGRU: proj width must be 3d = {3 * d}, got {C}")
+        if direction != "forward" and (theta_r is None or theta_r.numel() != d):
+            raise ValueError(f"direction {direction!r} needs theta_r of size {d}")
+    if h0 is not None and direction == "both":
+        raise ValueError("h0 is not allowed for direction 'both'")
+    W = d if real else 2 * d
+    if h0 is not None and tuple(h0.shape) != (proj.shape[0], W):
+        raise ValueError(f"h0 must be {(proj.shape[0], W)}, got {tuple(h0.shape)}")
+    if proj.shape[1] == 0:
+        raise ValueError("proj has no tokens (N = 0)")
+    if proj.stride(-1) != 1:  # the kernels need unit channel stride; any other stride is free
+        proj = proj.contiguous()
+    return proj, real, d, W
+
+
+def _vec(x: Optional[Tensor]) -> Optional[Tensor]:
+    return None if x is None else x.contiguous()
+
+
+def _grid(cfg: _Cfg, B: int):
+    return (cfg.n_dblk, B, cfg.n_seg)
+
+
+# ------------------------------------------------------------------------------------ forward
+def hgru_forward(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[Tensor],
+                 theta_r: Optional[Tensor], h0: Optional[Tensor], direction: str
+                 ) -> Tuple[Tensor, Tensor]:
+    """The HGRU core forward. Returns ``h`` (B, N, W) contiguous in ``proj.dtype`` and the
+    final state ``hN`` (B, W) in fp32 (fp64 for fp64 proj; zeros for 'both')."""
+    proj, real, d, W = _check(proj, theta_f, theta_r, h0, direction)
+    B, N, _ = proj.shape
+    dev = proj.device
+    acc_t = _acc_torch(proj.dtype)
+    do_f = direction in ("forward", "both")
+    do_r = direction in ("reverse", "both")
+    both = do_f and do_r
+    cfg = _Cfg(B, N, d, dev, bwd=False)
+    h = torch.empty(B, N, W, device=dev, dtype=proj.dtype)
+    hN = torch.zeros(B, W, device=dev, dtype=acc_t)
+    lb, thf, thr, h0c = _vec(lower_bound), _vec(theta_f), _vec(theta_r), _vec(h0)
+    seg = cfg.n_seg > 1
+    bnd = cum = h
+    if both:
+        bnd = torch.empty(B, cfg.n_tiles, W, device=dev, dtype=acc_t)
+        cum = torch.empty_like(bnd) if seg else bnd
+    se = sp = h
+    if seg:
+        se = torch.empty(2, B, cfg.n_seg, W, device=dev, dtype=acc_t)
+        sp = torch.empty_like(se)
+    args = dict(
+        P=proj, sp_b=proj.stride(0), sp_n=proj.stride(1), H=h, HN=hN,
+        H0=h0c if h0c is not None else h, LB=lb if lb is not None else h,
+        THF=thf if (thf is not None and do_f) else h,
+        THR=thr if (thr is not None and do_r) else h,
+        BND=bnd, CUM=cum, SE=se, SP=sp,
+        N=N, D=d, n_tiles=cfg.n_tiles, tps=cfg.tps, n_seg=cfg.n_seg,
+        BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=_acc(proj.dtype),
+        HAS_LB=lb is not None, HAS_H0=h0c is not None, DO_F=do_f, DO_R=do_r,
+        NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps)
+    grid = _grid(cfg, B)
+    if not seg:
+        _hgru_fwd_kernel[grid](PRE=both, MAIN=True, SEG_A=False, SEG_B=False, **args)
+    else:
+        _hgru_fwd_kernel[grid](PRE=False, MAIN=False, SEG_A=True, SEG_B=False, **args)
+        _hgru_fwd_kernel[grid](PRE=False, MAIN=False, SEG_A=False, SEG_B=True, **args)
+    return h, hN
+
+
+# ----------------------------------------------------------------------------------- backward
+def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
+                  lower_bound: Optional[Tensor], theta_f: Optional[Tensor],
+                  theta_r: Optional[Tensor], h0: Optional[Tensor], direction: str
+                  ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor],
+                             Optional[Tensor]]:
+    """Gradients of :func:`hgru_forward`: ``dproj`` (B, N, W + d) contiguous in
+    ``proj.dtype``; ``dlb`` (d,), ``dtf`` / ``dtr`` (d,), ``dh0`` (B, W) in fp32 (fp64 for
+    fp64 proj), each None where the input is None or unused by ``direction``."""
+    proj, real, d, W = _check(proj, theta_f, theta_r, h0, direction)
+    B, N, _ = proj.shape
+    if tuple(dh.shape) != (B, N, W):
+        raise ValueError(f"dh must be {(B, N, W)}, got {tuple(dh.shape)}")
+    if dh.stride(-1) != 1:
+        dh = dh.contiguous()
+    dev = proj.device
+    acc_t = _acc_torch(proj.dtype)
+    do_f = direction in ("forward", "both")
+    do_r = direction in ("reverse", "both")
+    both = do_f and do_r
+    main_rev = direction != "reverse"
+    if both:
+        dhN = None  # hN is zeros for 'both': it does not depend on the inputs
+    cfg = _Cfg(B, N, d, dev, bwd=True)
+    S = cfg.n_seg
+    seg = S > 1
+    dproj = torch.empty(B, N, W + d, device=dev, dtype=proj.dtype)
+    lb, thf, thr, h0c, gN = (_vec(lower_bound), _vec(theta_f), _vec(theta_r), _vec(h0),
+                             _vec(dhN))
+    need_tf = do_f and not real
+    need_tr = do_r and not real
+    ptf = torch.empty(B * S, d, device=dev, dtype=acc_t) if need_tf else dproj
+    ptr = torch.empty(B * S, d, device=dev, dtype=acc_t) if need_tr else dproj
+    plb = torch.empty(B * S, d, device=dev, dtype=acc_t) if lb is not None else dproj
+    dh0 = torch.empty(B, W, device=dev, dtype=acc_t) if h0c is not None else None
+    bnd = torch.empty(2, B, cfg.n_tiles, W, device=dev, dtype=acc_t)
+    cum = torch.empty_like(bnd) if seg else bnd
+    se = sp = dproj
+    if seg:
+        se = torch.empty(4, B, S, W, device=dev, dtype=acc_t)
+        sp = torch.empty_like(se)
+    args = dict(
+        P=proj, sp_b=proj.stride(0), sp_n=proj.stride(1),
+        G=dh, sg_b=dh.stride(0), sg_n=dh.stride(1),
+        GN=gN if gN is not None else dproj, H0=h0c if h0c is not None else dproj,
+        LB=lb if lb is not None else dproj,
+        THF=thf if (thf is not None and do_f) else dproj,
+        THR=thr if (thr is not None and do_r) else dproj,
+        DP=dproj, DH0=dh0 if dh0 is not None else dproj, PTF=ptf, PTR=ptr, PLB=plb,
+        BND=bnd, CUM=cum, SE=se, SP=sp,
+        N=N, D=d, n_tiles=cfg.n_tiles, tps=cfg.tps, n_seg=S,
+        BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=_acc(proj.dtype),
+        HAS_LB=lb is not None, HAS_H0=h0c is not None, HAS_GN=gN is not None,
+        DO_F=do_f, DO_R=do_r, MAIN_REV=main_rev,
+        NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps)
+    grid = _grid(cfg, B)
+    if not seg:
+        _hgru_bwd_kernel[grid](PRE=True, MAIN=True, SEG_A=False, SEG_B=False, **args)
+    else:
+        _hgru_bwd_kernel[grid](PRE=False, MAIN=False, SEG_A=True, SEG_B=False, **args)
+        _hgru_bwd_kernel[grid](PRE=False, MAIN=False, SEG_A=False, SEG_B=True, **args)
+    dtf = ptf.sum(0) if need_tf else None
+    dtr = ptr.sum(0) if need_tr else None
+    dlb = plb.sum(0) if lb is not None else None
+    return dproj, dlb, dtf, dtr, dh0
