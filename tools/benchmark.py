@@ -20,6 +20,10 @@
   Linux allows it, else it is the process's peak so far (``mem_scope`` says which).
 * A case that fails (out of memory, bad size, crash, timeout) is recorded with its error
   and the sweep goes on. The exit status is 0 when at least one case succeeded.
+* Reports: ``--report gpu OUTDIR [--quick]`` (every GPU goal of issue 9 in one run,
+  ``gpu_report.py``), ``--report saved-activations [OUTDIR] [--cpu-speed]`` (the CPU
+  activation-memory measure, ``saved_activations.py``); the arguments after the report's
+  name go to that report (``--report gpu --help``).
 """
 from __future__ import annotations
 
@@ -433,11 +437,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-case lines")
     p.add_argument("--from-json", nargs="+", default=None, metavar="JSON",
                    help="no run: merge earlier JSON results and write --out / --plot from them")
+    p.add_argument("--report", choices=sorted(REPORTS), default=None,
+                   help="run a report instead of a sweep; the arguments after its name go to "
+                        "it (e.g. --report gpu OUTDIR --quick; --report gpu --help)")
     p.add_argument("--_worker", help=argparse.SUPPRESS)
     return p
 
 
+# report name -> module (in tools/, installed as hgrn_tools) whose main(argv) runs it
+REPORTS = {"gpu": "gpu_report", "saved-activations": "saved_activations"}
+
+
+def run_report(argv: Sequence[str]) -> Optional[int]:
+    """``--report NAME ARGS...`` anywhere in ``argv``: run that report's ``main`` with the
+    other arguments; None when there is no ``--report``."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--report" or arg.startswith("--report="):
+            if "=" in arg:
+                name, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1:]
+            elif i + 1 < len(argv):
+                name, rest = argv[i + 1], argv[:i] + argv[i + 2:]
+            else:
+                break  # let argparse say what is missing
+            if name not in REPORTS:
+                break
+            import importlib
+            module = importlib.import_module(
+                f"{__package__}.{REPORTS[name]}" if __package__ else REPORTS[name])
+            return module.main(rest)
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    report_rc = run_report(sys.argv[1:] if argv is None else argv)
+    if report_rc is not None:
+        return report_rc
     args = build_parser().parse_args(argv)
     if args._worker:  # child of run_case_subprocess: one case, one JSON line
         rec = run_case(json.loads(args._worker))
