@@ -4,6 +4,7 @@ end-to-end runs of each recipe through hgrn-train on a small ImageFolder, and th
 import csv
 import glob
 import importlib
+import json
 import math
 import os
 import re
@@ -312,6 +313,5 @@ def test_recipe_under_torchrun_with_repeated_augmentation(image_folder, tmp_path
     log = p.stdout + p.stderr
     assert p.returncode == 0, log[-3000:]
     assert 'backend gloo' in log and 'repeated augmentation: 3 repeats' in log and 'ignored' not in log
-    import json
     info = json.load(open(os.path.join(tmp_path, 'train', 'ra', 'weights_sha256.json')))
     assert info['in_sync'] and len(info['ranks']) == 2
