@@ -265,3 +265,22 @@ def test_collect_goes_on_after_a_failed_phase(monkeypatch, tmp_path):
     assert "kernel exploded" in data["measurements"]["errors"]["hgru_bandwidth"]
     text = gpu_report.format_text(gpu_report.build_report(m))
     assert "phase hgru_bandwidth FAILED: RuntimeError: kernel exploded" in text
+
+
+def test_run_gpu_tests_counts_and_timeout(tmp_path):
+    """The test phase on a stand-in tests folder: counts, -x, and the kill at the timeout."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_triton_backend.py").write_text(
+        "def test_a():\n    pass\n\ndef test_b():\n    assert False\n\ndef test_c():\n    pass\n")
+    rec = gpu_report.run_gpu_tests(60, root=str(tmp_path))
+    assert rec["status"] == "ok" and rec["files"] == ["tests/test_triton_backend.py"]
+    assert (rec["passed"], rec["failed"], rec["timed_out"]) == (1, 1, False)  # -x stops
+    assert "tests/test_norm_gate.py" in rec["missing"]
+    (tmp_path / "tests" / "test_norm_gate.py").write_text(
+        "import time\n\ndef test_slow():\n    time.sleep(60)\n")
+    (tmp_path / "tests" / "test_triton_backend.py").write_text("def test_a():\n    pass\n")
+    rec = gpu_report.run_gpu_tests(4, root=str(tmp_path))
+    assert rec["timed_out"] and rec["seconds"] < 30
+    row = gpu_report.evaluate_goals({"tests": rec})[0]
+    assert row["status"] == "falls short" and "TIMED OUT" in row["measured_text"]
+    assert gpu_report.run_gpu_tests(60, root=str(tmp_path / "nowhere"))["status"] == "not run"

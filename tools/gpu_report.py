@@ -334,7 +334,13 @@ def run_gpu_tests(timeout: float, root: str = ROOT) -> Dict[str, Any]:
     rec["returncode"] = proc.returncode
     rec.update(parse_pytest_output(out or ""))
     rec["tail"] = "\n".join((out or "").strip().splitlines()[-15:])
-    rec["status"] = "ok"
+    ran = sum(rec[k] for k in ("passed", "failed", "skipped", "errors", "xfailed", "xpassed"))
+    if not rec["summary"] and not ran and not rec["timed_out"]:  # pytest itself did not run
+        lines = (out or "").strip().splitlines()
+        rec.update(status="error", error=f"pytest exited with {proc.returncode}: "
+                                         f"{lines[-1] if lines else 'no output'}"[:300])
+    else:
+        rec["status"] = "ok"
     return rec
 
 
@@ -523,8 +529,8 @@ def _fla():
     try:
         from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
     except Exception as err:  # noqa: BLE001 - optional
-        return None, f"fla not installed ({_err(err)})" if not isinstance(err, ImportError) \
-            else "fla not installed"
+        return None, ("fla not installed" if isinstance(err, ImportError)
+                      else f"fla import failed ({_err(err)})")
     return {"fla_chunk": chunk_hgrn, "fla_fused_recurrent": fused_recurrent_hgrn}, None
 
 
@@ -613,7 +619,7 @@ def collect(plan: Plan, device, run_tests: bool = True, backend: Optional[str] =
         _log(f"  {t.get('passed', 0)} passed, {t.get('failed', 0)} failed, "
              f"{t.get('errors', 0)} errors in {t.get('seconds')} s"
              + (" (timed out)" if t.get("timed_out") else "")
-             if t["status"] == "ok" else f"  not run: {t['error']}")
+             if t["status"] == "ok" else f"  not run: {t.get('error')}")
 
     def models():
         _log("[2/5] models at the goal points (bf16 autocast, eager)")
