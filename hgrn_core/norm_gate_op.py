@@ -1,0 +1,233 @@
+"""The HGRU's output path as one op: ``y = LayerNorm_W(h; weight, bias, eps) * SiLU(gate)``.
+
+    hgrn::norm_gate           (h, gate, weight?, bias?, eps, backend) -> (y, mean, rstd)
+    hgrn::norm_gate_backward  (dy, h, gate, weight?, bias?, mean, rstd, eps, backend)
+                              -> [dh, dgate, dweight, dbias]
+
+``h`` and ``gate`` are ``(B, N, W)`` in the activation dtype (``gate`` typically a column
+slice of ``in_proj``'s output: any batch/row stride); ``weight`` and ``bias`` are the
+norm's ``(W,)`` parameters in any float dtype (fp32 under autocast, or the model's dtype)
+or None. Statistics are fp32 (fp64 for fp64 ``h``); ``y`` is in ``h``'s dtype. The op
+saves ``h, gate, weight, bias`` and the ``(B, N)`` statistics ``mean, rstd`` for backward,
+nothing else. Each backend implements ``norm_gate_forward`` / ``norm_gate_backward``; the
+plain torch composition below (``norm_gate_reference_*``) is what the base backend class
+uses, the ``triton`` backend runs one fused kernel each way
+(``hgrn_core.kernels.triton_norm_gate``).
+
+Call it through :func:`norm_gate`, which validates its inputs; the ops do not.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .backends import get_backend, resolve_backend
+
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Low-precision inputs are computed in fp32; fp64 stays fp64 (for gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ------------------------------------------------------------------ plain torch reference
+def norm_gate_reference_forward(h: Tensor, gate: Tensor, weight: Optional[Tensor],
+                                bias: Optional[Tensor], eps: float
+                                ) -> Tuple[Tensor, Tensor, Tensor]:
+    """``y, mean, rstd`` in plain torch: fp32 math (fp64 for fp64 ``h``), ``y`` in ``h``'s
+    dtype, ``mean`` / ``rstd`` ``(B, N)`` in the compute dtype. One fused LayerNorm
+    (``torch.native_layer_norm``, which also returns the statistics) and a SiLU product."""
+    acc = _acc_dtype(h.dtype)
+    W = h.shape[-1]
+    w = None if weight is None else weight.to(acc)
+    b = None if bias is None else bias.to(acc)
+    z, mean, rstd = torch.native_layer_norm(h.to(acc), [W], w, b, eps)
+    y = z.mul_(F.silu(gate.to(acc))).to(h.dtype)
+    return y, mean.reshape(h.shape[:-1]), rstd.reshape(h.shape[:-1])
+
+
+def norm_gate_reference_backward(dy: Tensor, h: Tensor, gate: Tensor, weight: Optional[Tensor],
+                                 bias: Optional[Tensor], mean: Tensor, rstd: Tensor, eps: float
+                                 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """``dh, dgate, dweight, dbias`` in plain torch, from the saved statistics (``eps`` is
+    already in ``rstd``). With ``s = silu(g)`` and ``z = xhat * weight + bias``:
+    ``dgate = dy * z * silu'(g)``, and the LayerNorm's output gradient ``dy * s`` goes
+    through LayerNorm's backward. dh / dgate in h's / gate's dtype, dweight / dbias in
+    the parameters' dtypes (None for a None parameter)."""
+    acc = _acc_dtype(h.dtype)
+    W = h.shape[-1]
+    hf, g, d = h.to(acc), gate.to(acc), dy.to(acc)
+    w = None if weight is None else weight.to(acc)
+    b = None if bias is None else bias.to(acc)
+    mean_ = mean.to(acc).unsqueeze(-1)
+    rstd_ = rstd.to(acc).unsqueeze(-1)
+    sig = torch.sigmoid(g)
+    z = (hf - mean_).mul_(rstd_)                       # xhat
+    if w is not None:
+        z.mul_(w)
+    if b is not None:
+        z.add_(b)
+    # silu'(g) = sig * (1 + g * (1 - sig))
+    dgate = d * z * (sig * (1.0 + g * (1.0 - sig)))
+    dz = d * (g * sig)
+    dh, dw, db = torch.ops.aten.native_layer_norm_backward(
+        dz, hf, [W], mean_, rstd_, w, b, [True, w is not None, b is not None])
+    return (dh.to(h.dtype), dgate.to(gate.dtype),
+            None if weight is None else dw.to(weight.dtype),
+            None if bias is None else db.to(bias.dtype))
+
+
+# ------------------------------------------------------------------------------ the ops
+def _fresh(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """A contiguous tensor of its own in ``dtype`` (ops must not return views)."""
+    t = t.to(dtype)
+    if t._base is not None or not t.is_contiguous():
+        t = t.clone(memory_format=torch.contiguous_format)
+    return t
+
+
+def _empty(shape, like: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.empty(tuple(shape), dtype=dtype, device=like.device)
+
+
+def _param_grad(g: Optional[Tensor], param: Optional[Tensor], like: Tensor) -> Tensor:
+    """A parameter's gradient in its dtype; an empty placeholder for a None parameter
+    (custom ops return tensors, not None)."""
+    if param is None:
+        return _empty((0,), like, like.dtype)
+    if g is None:
+        return torch.zeros_like(param, memory_format=torch.contiguous_format)
+    return _fresh(g, param.dtype)
+
+
+@torch.library.custom_op("hgrn::norm_gate", mutates_args=())
+def norm_gate_op(h: Tensor, gate: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                 eps: float, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    y, mean, rstd = get_backend(backend).norm_gate_forward(h, gate, weight, bias, eps)
+    acc = _acc_dtype(h.dtype)
+    stats = h.shape[:-1]
+    return (_fresh(y, h.dtype), _fresh(mean.reshape(stats), acc),
+            _fresh(rstd.reshape(stats), acc))
+
+
+@norm_gate_op.register_fake
+def _(h, gate, weight, bias, eps, backend):
+    acc = _acc_dtype(h.dtype)
+    return (_empty(h.shape, h, h.dtype), _empty(h.shape[:-1], h, acc),
+            _empty(h.shape[:-1], h, acc))
+
+
+@torch.library.custom_op("hgrn::norm_gate_backward", mutates_args=())
+def norm_gate_backward_op(dy: Tensor, h: Tensor, gate: Tensor, weight: Optional[Tensor],
+                          bias: Optional[Tensor], mean: Tensor, rstd: Tensor, eps: float,
+                          backend: str) -> List[Tensor]:
+    dh, dgate, dweight, dbias = get_backend(backend).norm_gate_backward(
+        dy, h, gate, weight, bias, mean, rstd, eps)
+    return [_fresh(dh, h.dtype), _fresh(dgate, gate.dtype),
+            _param_grad(dweight, weight, h), _param_grad(dbias, bias, h)]
+
+
+@norm_gate_backward_op.register_fake
+def _(dy, h, gate, weight, bias, mean, rstd, eps, backend):
+    def param(p):
+        return _empty((0,), h, h.dtype) if p is None else _empty(p.shape, p, p.dtype)
+    return [_empty(h.shape, h, h.dtype), _empty(gate.shape, gate, gate.dtype),
+            param(weight), param(bias)]
+
+
+def _setup(ctx, inputs, output):
+    h, gate, weight, bias, eps, backend = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(h, gate, weight, bias, mean, rstd)
+    ctx.eps, ctx.backend = eps, backend
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    h, gate, weight, bias, mean, rstd = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(h)
+    dh, dgate, dweight, dbias = norm_gate_backward_op(
+        dy, h, gate, weight, bias, mean, rstd, ctx.eps, ctx.backend)
+    return (dh, dgate, dweight if weight is not None else None,
+            dbias if bias is not None else None, None, None)
+
+
+norm_gate_op.register_autograd(_backward, setup_context=_setup)
+
+
+# -------------------------------------------------------------------------- public entry
+def _check_tensor(name: str, t) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor (float32, float64, bfloat16 "
+                        f"or float16), got {t.dtype}")
+
+
+def _check_param(name: str, p, h: Tensor) -> None:
+    if p is None:
+        return
+    _check_tensor(name, p)
+    W = h.shape[-1]
+    if tuple(p.shape) != (W,):
+        raise ValueError(f"{name} must have shape ({W},) (one value per channel of h), "
+                         f"got {tuple(p.shape)}")
+    if p.device != h.device:
+        raise ValueError(f"{name} is on {p.device} but h is on {h.device}")
+
+
+def norm_gate(h: Tensor, gate: Tensor, weight: Optional[Tensor] = None,
+              bias: Optional[Tensor] = None, eps: float = 1e-5, *,
+              backend: Optional[str] = "auto") -> Tensor:
+    """``LayerNorm(h) * SiLU(gate)`` over the last dimension, fused (the HGRU's output path).
+
+    h       (B, N, W) float32 / float64 / bfloat16 / float16, any strides
+    gate    (B, N, W), h's dtype and device; any batch/row strides (e.g. a column slice of a
+            wider projection, read in place). A tensor whose channel stride is not 1 (h or
+            gate) is made contiguous first (a copy).
+    weight, bias  (W,) any float dtype (fp32 under autocast, or the model's dtype), or None
+    eps     the LayerNorm epsilon (>= 0)
+    backend "auto" / None (see ``hgrn_core.backends.resolve_backend``) or a backend's name
+
+    Returns y (B, N, W) contiguous in h's dtype; mean and variance are computed in fp32
+    (fp64 for fp64 h). Every input that requires grad gets its gradient (dweight/dbias in
+    the parameters' dtypes).
+    """
+    _check_tensor("h", h)
+    _check_tensor("gate", gate)
+    if h.dim() != 3:
+        raise ValueError(f"h must be a 3-D tensor (B, N, W), batch first; got {h.dim()}-D "
+                         f"with shape {tuple(h.shape)}")
+    if tuple(gate.shape) != tuple(h.shape):
+        raise ValueError(f"gate must have the shape of h {tuple(h.shape)}, "
+                         f"got {tuple(gate.shape)}")
+    if h.shape[-1] == 0:
+        raise ValueError(f"h has no channels (W = 0): shape {tuple(h.shape)}")
+    if gate.device != h.device:
+        raise ValueError(f"gate is on {gate.device} but h is on {h.device}")
+    if gate.dtype != h.dtype:
+        raise TypeError(f"gate has dtype {gate.dtype} but h has {h.dtype}; they must match")
+    _check_param("weight", weight, h)
+    _check_param("bias", bias, h)
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not eps >= 0.0 or eps == float("inf"):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+    if h.dim() and h.shape[-1] > 1 and h.stride(-1) != 1:
+        h = h.contiguous()
+    if gate.shape[-1] > 1 and gate.stride(-1) != 1:
+        gate = gate.contiguous()
+    impl = resolve_backend(backend, h.device)
+    y, _, _ = norm_gate_op(h, gate, weight, bias, eps, impl.name)
+    return y
+
+
+__all__ = ["norm_gate", "norm_gate_op", "norm_gate_backward_op",
+           "norm_gate_reference_forward", "norm_gate_reference_backward"]
