@@ -61,12 +61,13 @@ def _vectorized_interpreter_scan():
     finally:
         interp.ScanOps.generic_scan = old
 
-# launch layouts: default (one tile), several tiles per program, segmented (2 launches)
+# launch layouts: default (one tile), several tiles per program (channel blocks permuted as
+# on the GPU: vec < block_d; with and without prefetch), segmented (2 launches)
 SMALL = dict(block_t=4, block_d=4)
 LAYOUTS = {
     "default": {},
-    "tiles": SMALL,
-    "segments": dict(SMALL, segments=3),
+    "tiles": dict(block_t=4, block_d=4, vec=1, prefetch=False),
+    "segments": dict(block_t=4, block_d=8, vec=2, segments=3),
 }
 
 

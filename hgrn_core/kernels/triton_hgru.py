@@ -89,28 +89,57 @@ def _real_combine(a1, x1, a2, x2):
 
 
 @triton.jit
-def _scan(ar, ai, xr, xi, REV: tl.constexpr, REAL: tl.constexpr):
-    """Inclusive scan of a tile along time (axis 0): local states from zero (sr, si) and
-    cumulative decays (acr, aci). REV scans from the last row to the first."""
+def _flip2(r, i, REAL: tl.constexpr):
+    r = tl.flip(r, 0)
     if REAL:
-        acr, sr = tl.associative_scan((ar, xr), 0, _real_combine, reverse=REV)
+        i = r
+    else:
+        i = tl.flip(i, 0)
+    return r, i
+
+
+@triton.jit
+def _scan(ar, ai, xr, xi, REV: tl.constexpr, REAL: tl.constexpr):
+    """Inclusive scan of a tile along time (axis 0) from a zero state: local states (sr, si)
+    and cumulative decays (acr, aci) (used where a tile's total decay is needed: launch A).
+
+    REV (walk from the last row to the first) is written as flip / forward scan / flip:
+    ``reverse=True`` lowers to lane shuffles even when the time axis lies inside each
+    thread, where a flip only renames registers."""
+    if REV:
+        ar, ai = _flip2(ar, ai, REAL)
+        xr, xi = _flip2(xr, xi, REAL)
+    if REAL:
+        acr, sr = tl.associative_scan((ar, xr), 0, _real_combine)
         aci = acr
         si = sr
     else:
-        acr, aci, sr, si = tl.associative_scan((ar, ai, xr, xi), 0, _cplx_combine,
-                                               reverse=REV)
+        acr, aci, sr, si = tl.associative_scan((ar, ai, xr, xi), 0, _cplx_combine)
+    if REV:
+        acr, aci = _flip2(acr, aci, REAL)
+        sr, si = _flip2(sr, si, REAL)
     return sr, si, acr, aci
 
 
 @triton.jit
-def _apply(sr, si, acr, aci, cr, ci, REAL: tl.constexpr):
-    """States of a tile from its local scan and the carry (cr, ci) entering it."""
+def _scan_c(ar, ai, xr, xi, cr, ci, rows, REV: tl.constexpr, REAL: tl.constexpr):
+    """States of a tile entered with the carry (cr, ci). The carry is folded into the input
+    of the walk's first row (x_first += A_first carry), so the scan's X output is the state
+    itself: no ``X + Acum * carry`` pass, and the cumulative decays are dead code."""
+    if REV:
+        ar, ai = _flip2(ar, ai, REAL)
+        xr, xi = _flip2(xr, xi, REAL)
+    first = rows[:, None] == 0
     if REAL:
-        hr = sr + acr * cr[None, :]
+        xr = tl.where(first, xr + ar * cr[None, :], xr)
+        _, hr = tl.associative_scan((ar, xr), 0, _real_combine)
         hi = hr
     else:
-        hr = sr + acr * cr[None, :] - aci * ci[None, :]
-        hi = si + acr * ci[None, :] + aci * cr[None, :]
+        xr, xi = (tl.where(first, xr + ar * cr[None, :] - ai * ci[None, :], xr),
+                  tl.where(first, xi + ar * ci[None, :] + ai * cr[None, :], xi))
+        _, _, hr, hi = tl.associative_scan((ar, ai, xr, xi), 0, _cplx_combine)
+    if REV:
+        hr, hi = _flip2(hr, hi, REAL)
     return hr, hi
 
 
@@ -125,14 +154,13 @@ def _edge(x, rows, REV: tl.constexpr, BLOCK_T: tl.constexpr):
 
 
 @triton.jit
-def _cmul(ar, ai, br, bi, REAL: tl.constexpr):
+def _edges(hr, hi, rows, REV: tl.constexpr, REAL: tl.constexpr, BLOCK_T: tl.constexpr):
+    er = _edge(hr, rows, REV, BLOCK_T)
     if REAL:
-        r = ar * br
-        i = r
+        ei = er
     else:
-        r = ar * br - ai * bi
-        i = ar * bi + ai * br
-    return r, i
+        ei = _edge(hi, rows, REV, BLOCK_T)
+    return er, ei
 
 
 @triton.jit
@@ -163,6 +191,80 @@ def _sig(z):
 def _lam(mu, lb):
     s, oms = _sig(mu)
     return lb[None, :] + (1.0 - lb[None, :]) * s
+
+
+@triton.jit
+def _gates(c_r, c_i, mu, lb, ACC: tl.constexpr, REAL: tl.constexpr):
+    """s = sigmoid(mu), 1 - s, lam, 1 - lam and x = (1 - lam) silu(c) from the raw tile."""
+    mu = mu.to(ACC)
+    s, oms = _sig(mu)
+    lam = lb[None, :] + (1.0 - lb[None, :]) * s
+    oml = (1.0 - lb[None, :]) * oms
+    c_r = c_r.to(ACC)
+    xr = oml * c_r / (1.0 + tl.exp(-c_r))
+    if REAL:
+        xi = xr
+    else:
+        c_i = c_i.to(ACC)
+        xi = oml * c_i / (1.0 + tl.exp(-c_i))
+    return s, oms, lam, oml, xr, xi
+
+
+@triton.jit
+def _channels(pid_d, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
+    """This program's channel indices. With VEC < BLOCK_D they are a permutation of the
+    block that is contiguous only in groups of VEC: the compiler's coalescing pass then gives
+    each thread VEC channels and spreads the channels over the warp's lanes (BLOCK_D =
+    32 * VEC * num_warps), which leaves the time axis of a tile inside each thread: the
+    scans along time need no shuffles. Rows stay coalesced (a warp reads 32 * VEC
+    contiguous channels of a row)."""
+    r = tl.arange(0, BLOCK_D)
+    if VEC < BLOCK_D:
+        # a permutation of the block: groups of VEC channels, the two halves interleaved
+        g = r // VEC
+        g = (g % 2) * (BLOCK_D // VEC // 2) + g // 2
+        r = g * VEC + r % VEC
+    return pid_d * BLOCK_D + r
+
+
+@triton.jit
+def _ld_proj(pbase, sp_n, k, ok, rows, offs_d, md, N, D, W, BLOCK_T: tl.constexpr,
+             REAL: tl.constexpr):
+    """Raw (c_r, c_i, mu) of tile k (all masked off unless ``ok``)."""
+    t = k * BLOCK_T + rows
+    m2 = ((t < N) & ok)[:, None] & md[None, :]
+    rp = pbase + t.to(tl.int64)[:, None] * sp_n + offs_d[None, :]
+    c_r = tl.load(rp, mask=m2, other=0.0)
+    mu = tl.load(rp + W, mask=m2, other=0.0)
+    if REAL:
+        c_i = c_r
+    else:
+        c_i = tl.load(rp + D, mask=m2, other=0.0)
+    return c_r, c_i, mu
+
+
+@triton.jit
+def _ld_mu(pbase, sp_n, k, ok, rows, offs_d, md, N, W, BLOCK_T: tl.constexpr,
+           SHIFT: tl.constexpr):
+    """Raw mu at t + SHIFT for the rows t of tile k (masked outside [0, N))."""
+    t = k * BLOCK_T + rows + SHIFT
+    m2 = ((t >= 0) & (t < N) & ok)[:, None] & md[None, :]
+    rp = pbase + t.to(tl.int64)[:, None] * sp_n + W + offs_d[None, :]
+    return tl.load(rp, mask=m2, other=0.0)
+
+
+@triton.jit
+def _ld_g(gbase, sg_n, k, ok, rows, offs_d, md, N, D, BLOCK_T: tl.constexpr,
+          REAL: tl.constexpr):
+    t = k * BLOCK_T + rows
+    m2 = ((t < N) & ok)[:, None] & md[None, :]
+    gp = gbase + t.to(tl.int64)[:, None] * sg_n + offs_d[None, :]
+    g_r = tl.load(gp, mask=m2, other=0.0)
+    if REAL:
+        g_i = g_r
+    else:
+        g_i = tl.load(gp + D, mask=m2, other=0.0)
+    return g_r, g_i
 
 
 @triton.jit
@@ -212,41 +314,42 @@ def _load_pair(ptr, idx, md, D, REAL: tl.constexpr, ACC: tl.constexpr):
 
 
 @triton.jit
-def _pre_step(sr, si, acr, aci, cr, ci, qr, qi, BND, CUM, bidx, rows, md, D,
+def _pre_step(ar, ai, xr, xi, cr, ci, qr, qi, BND, CUM, bidx, rows, md, D,
               REV: tl.constexpr, SEG_A: tl.constexpr, REAL: tl.constexpr,
               BLOCK_T: tl.constexpr):
-    """Pre-walk bookkeeping of one quantity for one tile: store the boundary entering the
-    tile (and, in launch A, the cumulative decay from the segment edge), then advance the
-    carry (cr, ci) and the cumulative decay (qr, qi) over the tile."""
+    """Pre-walk step of one quantity over one tile: store the carry entering the tile (and,
+    in launch A, the cumulative decay from the segment edge), then advance the carry (cr, ci)
+    (and the cumulative decay (qr, qi)) over the tile."""
     _store_pair(BND, bidx, cr, ci, md, D, REAL)
     if SEG_A:
         _store_pair(CUM, bidx, qr, qi, md, D, REAL)
-    er = _edge(sr, rows, REV, BLOCK_T)
-    pr = _edge(acr, rows, REV, BLOCK_T)
-    if REAL:
-        cr = er + pr * cr
-        qr = pr * qr
+        sr, si, acr, aci = _scan(ar, ai, xr, xi, REV, REAL)
+        er, ei = _edges(sr, si, rows, REV, REAL, BLOCK_T)
+        pr, pi = _edges(acr, aci, rows, REV, REAL, BLOCK_T)
+        if REAL:
+            cr = er + pr * cr
+            qr = pr * qr
+        else:
+            cr, ci = er + pr * cr - pi * ci, ei + pr * ci + pi * cr
+            qr, qi = pr * qr - pi * qi, pr * qi + pi * qr
     else:
-        ei = _edge(si, rows, REV, BLOCK_T)
-        pi = _edge(aci, rows, REV, BLOCK_T)
-        cr, ci = er + pr * cr - pi * ci, ei + pr * ci + pi * cr
-        qr, qi = pr * qr - pi * qi, pr * qi + pi * qr
+        hr, hi = _scan_c(ar, ai, xr, xi, cr, ci, rows, REV, REAL)
+        cr, ci = _edges(hr, hi, rows, REV, REAL, BLOCK_T)
     return cr, ci, qr, qi
 
 
 @triton.jit
-def _racc_step(sr, si, acr, aci, er_, ei_, gr, gi, rows,
+def _racc_step(ar, ai, xr, xi, er_, ei_, gr, gi, rows,
                MREV: tl.constexpr, REAL: tl.constexpr, BLOCK_T: tl.constexpr):
     """Launch A: accumulate the segment summary of a main-walk quantity while walking against
     it: E += G * E_tile, G *= P_tile (G: product of the decays of the tiles already seen)."""
-    er = _edge(sr, rows, MREV, BLOCK_T)
-    pr = _edge(acr, rows, MREV, BLOCK_T)
+    sr, si, acr, aci = _scan(ar, ai, xr, xi, MREV, REAL)
+    er, ei = _edges(sr, si, rows, MREV, REAL, BLOCK_T)
+    pr, pi = _edges(acr, aci, rows, MREV, REAL, BLOCK_T)
     if REAL:
         er_ = er_ + gr * er
         gr = gr * pr
     else:
-        ei = _edge(si, rows, MREV, BLOCK_T)
-        pi = _edge(aci, rows, MREV, BLOCK_T)
         er_, ei_ = er_ + gr * er - gi * ei, ei_ + gr * ei + gi * er
         gr, gi = gr * pr - gi * pi, gr * pi + gi * pr
     return er_, ei_, gr, gi
@@ -276,7 +379,7 @@ def _hgru_fwd_kernel(
         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, REAL: tl.constexpr, ACC: tl.constexpr,
         HAS_LB: tl.constexpr, HAS_H0: tl.constexpr, DO_F: tl.constexpr, DO_R: tl.constexpr,
         PRE: tl.constexpr, MAIN: tl.constexpr, SEG_A: tl.constexpr, SEG_B: tl.constexpr,
-        NUM_STAGES: tl.constexpr):
+        VEC: tl.constexpr, PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr):
     """Forward of the HGRU core. Main walk L for 'forward'/'both' (DO_F), R for 'reverse';
     'both' pre-walks R for HR. PRE+MAIN: one launch (S = 1); SEG_A / SEG_B: the two launches
     of the segmented scheme. Summary slots: HF 0, HR 1."""
@@ -284,7 +387,7 @@ def _hgru_fwd_kernel(
     b = tl.program_id(1).to(tl.int64)
     B = tl.num_programs(1).to(tl.int64)
     seg = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_d = _channels(pid_d, BLOCK_D, VEC)
     md = offs_d < D
     rows = tl.arange(0, BLOCK_T)
     if REAL:
@@ -296,6 +399,8 @@ def _hgru_fwd_kernel(
     k_lo = seg * tps
     k_hi = tl.minimum(k_lo + tps, n_tiles)
     nk = k_hi - k_lo
+    BOTH: tl.constexpr = DO_F and DO_R
+    PRE_REV: tl.constexpr = DO_F  # the pre-walk / launch A go against the main walk
 
     lb = _load_vec(LB + offs_d, md, ACC, HAS_LB, 0.0, BLOCK_D)
     if REAL:
@@ -313,9 +418,9 @@ def _hgru_fwd_kernel(
     zero = tl.zeros([BLOCK_D], ACC)
     one = tl.full([BLOCK_D], 1.0, ACC)
 
-    # ---- pre-walk (against the main direction: R if DO_F else L) ------------------------
+    # ---- pre-walk (against the main direction) -------------------------------------------
     if PRE or SEG_A:
-        ncr = zero  # natural carry of the pre-walk quantity (HR, 'both' only)
+        ncr = zero  # carry of the pre-walk quantity (HR, 'both' only)
         nci = zero
         nqr = one   # its cumulative decay from the segment edge (launch A)
         nqi = zero
@@ -323,42 +428,41 @@ def _hgru_fwd_kernel(
         aei = zero
         agr = one
         agi = zero
+        if PRE_REV:
+            k0 = k_hi - 1
+            kstep = -1
+        else:
+            k0 = k_lo
+            kstep = 1
+        if PREFETCH:
+            p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, k0, nk > 0, rows, offs_d, md, N, D, W,
+                                        BLOCK_T, REAL)
         for j in tl.range(0, nk, num_stages=NUM_STAGES):
-            if DO_F:
-                k = k_hi - 1 - j
+            k = k0 + j * kstep
+            if PREFETCH:
+                c_r = p_cr
+                c_i = p_ci
+                mu = p_mu
+                p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, k + kstep, j + 1 < nk, rows, offs_d,
+                                            md, N, D, W, BLOCK_T, REAL)
             else:
-                k = k_lo + j
-            t = k * BLOCK_T + rows
-            mt = (t < N)[:, None]
-            m2 = mt & md[None, :]
-            rp = pbase + t.to(tl.int64)[:, None] * sp_n + offs_d[None, :]
-            c_r = tl.load(rp, mask=m2, other=0.0).to(ACC)
-            mu = tl.load(rp + W, mask=m2, other=0.0).to(ACC)
-            s, oms = _sig(mu)
-            lam = lb[None, :] + (1.0 - lb[None, :]) * s
-            oml = (1.0 - lb[None, :]) * oms
-            xr = oml * c_r / (1.0 + tl.exp(-c_r))
-            if REAL:
-                xi = xr
-            else:
-                c_i = tl.load(rp + D, mask=m2, other=0.0).to(ACC)
-                xi = oml * c_i / (1.0 + tl.exp(-c_i))
-            bidx = (b * n_tiles + k) * W + offs_d
-            if DO_F and DO_R:
+                c_r, c_i, mu = _ld_proj(pbase, sp_n, k, True, rows, offs_d, md, N, D, W,
+                                        BLOCK_T, REAL)
+            mt = (k * BLOCK_T + rows < N)[:, None]
+            s, oms, lam, oml, xr, xi = _gates(c_r, c_i, mu, lb, ACC, REAL)
+            if BOTH:
+                bidx = (b * n_tiles + k) * W + offs_d
                 ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
-                sr, si, acr, aci = _scan(ar, ai, xr, xi, True, REAL)
-                ncr, nci, nqr, nqi = _pre_step(sr, si, acr, aci, ncr, nci, nqr, nqi, BND, CUM,
+                ncr, nci, nqr, nqi = _pre_step(ar, ai, xr, xi, ncr, nci, nqr, nqi, BND, CUM,
                                                bidx, rows, md, D, True, SEG_A, REAL, BLOCK_T)
             if SEG_A:
                 if DO_F:
                     ar, ai = _decay(lam, cf, sf, mt, False, REAL)
-                    sr, si, acr, aci = _scan(ar, ai, xr, xi, False, REAL)
-                    aer, aei, agr, agi = _racc_step(sr, si, acr, aci, aer, aei, agr, agi, rows,
+                    aer, aei, agr, agi = _racc_step(ar, ai, xr, xi, aer, aei, agr, agi, rows,
                                                     False, REAL, BLOCK_T)
                 else:
                     ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
-                    sr, si, acr, aci = _scan(ar, ai, xr, xi, True, REAL)
-                    aer, aei, agr, agi = _racc_step(sr, si, acr, aci, aer, aei, agr, agi, rows,
+                    aer, aei, agr, agi = _racc_step(ar, ai, xr, xi, aer, aei, agr, agi, rows,
                                                     True, REAL, BLOCK_T)
         if SEG_A:
             sidx0 = ((0 * B + b) * n_seg + seg) * W + offs_d
@@ -395,54 +499,50 @@ def _hgru_fwd_kernel(
             else:
                 mr, mi = _fold(SE, SP, 1, b, B, n_seg, n_seg - 1, n_seg - 1 - seg, -1,
                                offs_d, md, D, W, mr, mi, REAL, ACC)
+        if DO_F:
+            k0 = k_lo
+            kstep = 1
+        else:
+            k0 = k_hi - 1
+            kstep = -1
+        if PREFETCH:
+            p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, k0, nk > 0, rows, offs_d, md, N, D, W,
+                                        BLOCK_T, REAL)
         for j in tl.range(0, nk, num_stages=NUM_STAGES):
-            if DO_F:
-                k = k_lo + j
+            k = k0 + j * kstep
+            if PREFETCH:
+                c_r = p_cr
+                c_i = p_ci
+                mu = p_mu
+                p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, k + kstep, j + 1 < nk, rows, offs_d,
+                                            md, N, D, W, BLOCK_T, REAL)
             else:
-                k = k_hi - 1 - j
+                c_r, c_i, mu = _ld_proj(pbase, sp_n, k, True, rows, offs_d, md, N, D, W,
+                                        BLOCK_T, REAL)
             t = k * BLOCK_T + rows
             mt = (t < N)[:, None]
             m2 = mt & md[None, :]
-            t64 = t.to(tl.int64)[:, None]
-            rp = pbase + t64 * sp_n + offs_d[None, :]
-            c_r = tl.load(rp, mask=m2, other=0.0).to(ACC)
-            mu = tl.load(rp + W, mask=m2, other=0.0).to(ACC)
-            s, oms = _sig(mu)
-            lam = lb[None, :] + (1.0 - lb[None, :]) * s
-            oml = (1.0 - lb[None, :]) * oms
-            xr = oml * c_r / (1.0 + tl.exp(-c_r))
-            if REAL:
-                xi = xr
-            else:
-                c_i = tl.load(rp + D, mask=m2, other=0.0).to(ACC)
-                xi = oml * c_i / (1.0 + tl.exp(-c_i))
+            s, oms, lam, oml, xr, xi = _gates(c_r, c_i, mu, lb, ACC, REAL)
             if DO_F:
                 ar, ai = _decay(lam, cf, sf, mt, False, REAL)
-                sr, si, acr, aci = _scan(ar, ai, xr, xi, False, REAL)
-                hr, hi = _apply(sr, si, acr, aci, mr, mi, REAL)
-                mr = _edge(hr, rows, False, BLOCK_T)
-                if not REAL:
-                    mi = _edge(hi, rows, False, BLOCK_T)
+                hr, hi = _scan_c(ar, ai, xr, xi, mr, mi, rows, False, REAL)
+                mr, mi = _edges(hr, hi, rows, False, REAL, BLOCK_T)
                 if DO_R:
                     bidx = (b * n_tiles + k) * W + offs_d
                     br, bi = _boundary(BND, CUM, bidx, pcr, pci, md, D, SEG_B, REAL, ACC)
                     ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
-                    sr, si, acr, aci = _scan(ar, ai, xr, xi, True, REAL)
-                    gr, gi = _apply(sr, si, acr, aci, br, bi, REAL)
+                    gr, gi = _scan_c(ar, ai, xr, xi, br, bi, rows, True, REAL)
                     hr = hr + gr
                     hi = hi + gi
             else:
                 ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
-                sr, si, acr, aci = _scan(ar, ai, xr, xi, True, REAL)
-                hr, hi = _apply(sr, si, acr, aci, mr, mi, REAL)
-                mr = _edge(hr, rows, True, BLOCK_T)
-                if not REAL:
-                    mi = _edge(hi, rows, True, BLOCK_T)
-            hp = hbase + t64 * W + offs_d[None, :]
+                hr, hi = _scan_c(ar, ai, xr, xi, mr, mi, rows, True, REAL)
+                mr, mi = _edges(hr, hi, rows, True, REAL, BLOCK_T)
+            hp = hbase + t.to(tl.int64)[:, None] * W + offs_d[None, :]
             tl.store(hp, hr.to(H.dtype.element_ty), mask=m2)
             if not REAL:
                 tl.store(hp + D, hi.to(H.dtype.element_ty), mask=m2)
-        if not (DO_F and DO_R):
+        if not BOTH:
             if DO_F:
                 last = seg == n_seg - 1
             else:
@@ -462,7 +562,7 @@ def _hgru_bwd_kernel(
         HAS_LB: tl.constexpr, HAS_H0: tl.constexpr, HAS_GN: tl.constexpr,
         DO_F: tl.constexpr, DO_R: tl.constexpr, MAIN_REV: tl.constexpr,
         PRE: tl.constexpr, MAIN: tl.constexpr, SEG_A: tl.constexpr, SEG_B: tl.constexpr,
-        NUM_STAGES: tl.constexpr):
+        VEC: tl.constexpr, PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr):
     """Backward of the HGRU core. Main walk R (MAIN_REV: 'forward', 'both') or L
     ('reverse'); quantities whose direction is the main one are carried by the main walk,
     the others by the pre-walk. Boundary slots: HF/HR 0, DF/DR 1. Summary slots: HF 0,
@@ -471,7 +571,7 @@ def _hgru_bwd_kernel(
     b = tl.program_id(1).to(tl.int64)
     B = tl.num_programs(1).to(tl.int64)
     seg = tl.program_id(2)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_d = _channels(pid_d, BLOCK_D, VEC)
     md = offs_d < D
     rows = tl.arange(0, BLOCK_T)
     if REAL:
@@ -496,6 +596,12 @@ def _hgru_bwd_kernel(
     DR_PRE: tl.constexpr = DO_R and MAIN_REV
     PRE_REV: tl.constexpr = not MAIN_REV
     BOTH: tl.constexpr = DO_F and DO_R
+    # what the pre-walk / launch A has to compute
+    W_HF: tl.constexpr = HF_PRE or (SEG_A and HF_MAIN)
+    W_HR: tl.constexpr = HR_PRE or (SEG_A and HR_MAIN)
+    W_DF: tl.constexpr = DF_PRE or (SEG_A and DF_MAIN)
+    W_DR: tl.constexpr = DR_PRE or (SEG_A and DR_MAIN)
+    W_G: tl.constexpr = W_DF or W_DR
 
     lb = _load_vec(LB + offs_d, md, ACC, HAS_LB, 0.0, BLOCK_D)
     if REAL:
@@ -526,18 +632,16 @@ def _hgru_bwd_kernel(
 
     # ---- pre-walk: boundaries of the quantities walking against the main direction -------
     if PRE or SEG_A:
-        # natural carries (state quantity slot 0, gradient quantity slot 1) and their
-        # cumulative decays; launch A starts every segment from zero
+        # carries (state quantity slot 0, gradient quantity slot 1) and their cumulative
+        # decays; launch A starts every segment from zero
         if SEG_A:
             c0r = zero
             c0i = zero
-            c1r = zero
-            c1i = zero
         else:
             c0r = h0r
             c0i = h0i
-            c1r = zero
-            c1i = zero
+        c1r = zero
+        c1i = zero
         q0r = one
         q0i = zero
         q1r = one
@@ -551,83 +655,67 @@ def _hgru_bwd_kernel(
         g_ei = zero
         g_gr = one
         g_gi = zero
+        if PRE_REV:
+            k0 = k_hi - 1
+            kstep = -1
+        else:
+            k0 = k_lo
+            kstep = 1
         for j in tl.range(0, nk, num_stages=NUM_STAGES):
-            if PRE_REV:
-                k = k_hi - 1 - j
-            else:
-                k = k_lo + j
+            k = k0 + j * kstep
             t = k * BLOCK_T + rows
             mt = (t < N)[:, None]
-            m2 = mt & md[None, :]
-            t64 = t.to(tl.int64)[:, None]
-            rp = pbase + t64 * sp_n + offs_d[None, :]
-            c_r = tl.load(rp, mask=m2, other=0.0).to(ACC)
-            mu = tl.load(rp + W, mask=m2, other=0.0).to(ACC)
-            s, oms = _sig(mu)
-            lam = lb[None, :] + (1.0 - lb[None, :]) * s
-            oml = (1.0 - lb[None, :]) * oms
-            xr = oml * c_r / (1.0 + tl.exp(-c_r))
-            if REAL:
-                xi = xr
-            else:
-                c_i = tl.load(rp + D, mask=m2, other=0.0).to(ACC)
-                xi = oml * c_i / (1.0 + tl.exp(-c_i))
-            gp = gbase + t64 * sg_n + offs_d[None, :]
             bidx0 = (b * n_tiles + k) * W + offs_d
             bidx1 = ((B + b) * n_tiles + k) * W + offs_d
-            # state quantities
-            if HF_PRE or (SEG_A and HF_MAIN):
+            if W_HF or W_HR:
+                c_r, c_i, mu = _ld_proj(pbase, sp_n, k, True, rows, offs_d, md, N, D, W,
+                                        BLOCK_T, REAL)
+                s, oms, lam, oml, xr, xi = _gates(c_r, c_i, mu, lb, ACC, REAL)
+            if W_HF:
                 ar, ai = _decay(lam, cf, sf, mt, False, REAL)
-                sr, si, acr, aci = _scan(ar, ai, xr, xi, False, REAL)
                 if HF_PRE:
-                    c0r, c0i, q0r, q0i = _pre_step(sr, si, acr, aci, c0r, c0i, q0r, q0i, BND,
+                    c0r, c0i, q0r, q0i = _pre_step(ar, ai, xr, xi, c0r, c0i, q0r, q0i, BND,
                                                    CUM, bidx0, rows, md, D, False, SEG_A, REAL,
                                                    BLOCK_T)
                 else:
-                    a_er, a_ei, a_gr, a_gi = _racc_step(sr, si, acr, aci, a_er, a_ei, a_gr,
+                    a_er, a_ei, a_gr, a_gi = _racc_step(ar, ai, xr, xi, a_er, a_ei, a_gr,
                                                         a_gi, rows, False, REAL, BLOCK_T)
-            if HR_PRE or (SEG_A and HR_MAIN):
+            if W_HR:
                 ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
-                sr, si, acr, aci = _scan(ar, ai, xr, xi, True, REAL)
                 if HR_PRE:
-                    c0r, c0i, q0r, q0i = _pre_step(sr, si, acr, aci, c0r, c0i, q0r, q0i, BND,
+                    c0r, c0i, q0r, q0i = _pre_step(ar, ai, xr, xi, c0r, c0i, q0r, q0i, BND,
                                                    CUM, bidx0, rows, md, D, True, SEG_A, REAL,
                                                    BLOCK_T)
                 else:
-                    a_er, a_ei, a_gr, a_gi = _racc_step(sr, si, acr, aci, a_er, a_ei, a_gr,
+                    a_er, a_ei, a_gr, a_gi = _racc_step(ar, ai, xr, xi, a_er, a_ei, a_gr,
                                                         a_gi, rows, True, REAL, BLOCK_T)
-            # gradient quantities
-            if DF_PRE or (SEG_A and DF_MAIN) or DR_PRE or (SEG_A and DR_MAIN):
-                g_r = tl.load(gp, mask=m2, other=0.0).to(ACC)
-                if REAL:
-                    g_i = g_r
-                else:
-                    g_i = tl.load(gp + D, mask=m2, other=0.0).to(ACC)
-            if DF_PRE or (SEG_A and DF_MAIN):
+            if W_G:
+                g_r, g_i = _ld_g(gbase, sg_n, k, True, rows, offs_d, md, N, D, BLOCK_T, REAL)
+                g_r = g_r.to(ACC)
+                g_i = g_i.to(ACC)
+            if W_DF:
                 vn = (t + 1 < N)[:, None]
-                lamn = _lam(tl.load(rp + sp_n + W, mask=vn & md[None, :], other=0.0).to(ACC),
-                            lb)
+                lamn = _lam(_ld_mu(pbase, sp_n, k, True, rows, offs_d, md, N, W, BLOCK_T,
+                                   1).to(ACC), lb)
                 ar, ai = _decay(lamn, cf, sf, vn, True, REAL)
-                sr, si, acr, aci = _scan(ar, ai, g_r, g_i, True, REAL)
                 if DF_PRE:
-                    c1r, c1i, q1r, q1i = _pre_step(sr, si, acr, aci, c1r, c1i, q1r, q1i, BND,
+                    c1r, c1i, q1r, q1i = _pre_step(ar, ai, g_r, g_i, c1r, c1i, q1r, q1i, BND,
                                                    CUM, bidx1, rows, md, D, True, SEG_A, REAL,
                                                    BLOCK_T)
                 else:
-                    g_er, g_ei, g_gr, g_gi = _racc_step(sr, si, acr, aci, g_er, g_ei, g_gr,
+                    g_er, g_ei, g_gr, g_gi = _racc_step(ar, ai, g_r, g_i, g_er, g_ei, g_gr,
                                                         g_gi, rows, True, REAL, BLOCK_T)
-            if DR_PRE or (SEG_A and DR_MAIN):
+            if W_DR:
                 vp = ((t >= 1) & (t < N))[:, None]
-                lamp = _lam(tl.load(rp - sp_n + W, mask=vp & md[None, :], other=0.0).to(ACC),
-                            lb)
+                lamp = _lam(_ld_mu(pbase, sp_n, k, True, rows, offs_d, md, N, W, BLOCK_T,
+                                   -1).to(ACC), lb)
                 ar, ai = _decay(lamp, cr_, sr_, vp, True, REAL)
-                sr, si, acr, aci = _scan(ar, ai, g_r, g_i, False, REAL)
                 if DR_PRE:
-                    c1r, c1i, q1r, q1i = _pre_step(sr, si, acr, aci, c1r, c1i, q1r, q1i, BND,
+                    c1r, c1i, q1r, q1i = _pre_step(ar, ai, g_r, g_i, c1r, c1i, q1r, q1i, BND,
                                                    CUM, bidx1, rows, md, D, False, SEG_A, REAL,
                                                    BLOCK_T)
                 else:
-                    g_er, g_ei, g_gr, g_gi = _racc_step(sr, si, acr, aci, g_er, g_ei, g_gr,
+                    g_er, g_ei, g_gr, g_gi = _racc_step(ar, ai, g_r, g_i, g_er, g_ei, g_gr,
                                                         g_gi, rows, False, REAL, BLOCK_T)
         if SEG_A:
             for slot in tl.static_range(4):
@@ -666,13 +754,9 @@ def _hgru_bwd_kernel(
         if PRE:
             tl.debug_barrier()  # this program's boundary stores -> its own loads
         # main carries: state quantity (m*) and gradient quantity (n*); pre-walk segment
-        # carries for launch B (p* state, o* gradient)
-        if HF_MAIN or HR_MAIN:
-            mr = h0r
-            mi = h0i
-        else:
-            mr = zero
-            mi = zero
+        # carries for launch B (p0* state, p1* gradient)
+        mr = zero
+        mi = zero
         nr = gnr
         ni = gni
         p0r = h0r
@@ -709,43 +793,41 @@ def _hgru_bwd_kernel(
                 if DF_PRE:
                     p1r, p1i = _fold(SE, SP, 2, b, B, n_seg, n_seg - 1, cnt_p, -1, offs_d, md,
                                      D, W, p1r, p1i, REAL, ACC)
-        acc_f = tl.zeros([BLOCK_T, BLOCK_D], ACC)
-        acc_r = tl.zeros([BLOCK_T, BLOCK_D], ACC)
-        acc_l = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+        acc_f = zero
+        acc_r = zero
+        acc_l = zero
+        if MAIN_REV:
+            k0 = k_hi - 1
+            kstep = -1
+        else:
+            k0 = k_lo
+            kstep = 1
+        if PREFETCH:
+            p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, k0, nk > 0, rows, offs_d, md, N, D, W,
+                                        BLOCK_T, REAL)
+            p_gr, p_gi = _ld_g(gbase, sg_n, k0, nk > 0, rows, offs_d, md, N, D, BLOCK_T, REAL)
         for j in tl.range(0, nk, num_stages=NUM_STAGES):
-            if MAIN_REV:
-                k = k_hi - 1 - j
+            k = k0 + j * kstep
+            if PREFETCH:
+                c_r = p_cr
+                c_i = p_ci
+                mu = p_mu
+                g_r = p_gr
+                g_i = p_gi
+                p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, k + kstep, j + 1 < nk, rows, offs_d,
+                                            md, N, D, W, BLOCK_T, REAL)
+                p_gr, p_gi = _ld_g(gbase, sg_n, k + kstep, j + 1 < nk, rows, offs_d, md, N, D,
+                                   BLOCK_T, REAL)
             else:
-                k = k_lo + j
+                c_r, c_i, mu = _ld_proj(pbase, sp_n, k, True, rows, offs_d, md, N, D, W,
+                                        BLOCK_T, REAL)
+                g_r, g_i = _ld_g(gbase, sg_n, k, True, rows, offs_d, md, N, D, BLOCK_T, REAL)
             t = k * BLOCK_T + rows
             mt = (t < N)[:, None]
             m2 = mt & md[None, :]
-            t64 = t.to(tl.int64)[:, None]
-            rp = pbase + t64 * sp_n + offs_d[None, :]
-            c_r = tl.load(rp, mask=m2, other=0.0).to(ACC)
-            mu = tl.load(rp + W, mask=m2, other=0.0).to(ACC)
-            s, oms = _sig(mu)
-            lam = lb[None, :] + (1.0 - lb[None, :]) * s
-            oml = (1.0 - lb[None, :]) * oms
-            sg_r = 1.0 / (1.0 + tl.exp(-c_r))
-            ct_r = c_r * sg_r
-            xr = oml * ct_r
-            if REAL:
-                c_i = c_r
-                sg_i = sg_r
-                ct_i = ct_r
-                xi = xr
-            else:
-                c_i = tl.load(rp + D, mask=m2, other=0.0).to(ACC)
-                sg_i = 1.0 / (1.0 + tl.exp(-c_i))
-                ct_i = c_i * sg_i
-                xi = oml * ct_i
-            gp = gbase + t64 * sg_n + offs_d[None, :]
-            g_r = tl.load(gp, mask=m2, other=0.0).to(ACC)
-            if REAL:
-                g_i = g_r
-            else:
-                g_i = tl.load(gp + D, mask=m2, other=0.0).to(ACC)
+            s, oms, lam, oml, xr, xi = _gates(c_r, c_i, mu, lb, ACC, REAL)
+            g_r = g_r.to(ACC)
+            g_i = g_i.to(ACC)
             bidx0 = (b * n_tiles + k) * W + offs_d
             bidx1 = ((B + b) * n_tiles + k) * W + offs_d
             dxr = tl.zeros([BLOCK_T, BLOCK_D], ACC)
@@ -754,28 +836,22 @@ def _hgru_bwd_kernel(
             if DO_F:
                 # forward direction: state HF (L), gradient state DF (R)
                 ar, ai = _decay(lam, cf, sf, mt, False, REAL)
-                sr, si, acr, aci = _scan(ar, ai, xr, xi, False, REAL)
                 if HF_MAIN:
-                    hr, hi = _apply(sr, si, acr, aci, mr, mi, REAL)
-                    mr = _edge(hr, rows, False, BLOCK_T)
-                    if not REAL:
-                        mi = _edge(hi, rows, False, BLOCK_T)
+                    hr, hi = _scan_c(ar, ai, xr, xi, mr, mi, rows, False, REAL)
+                    mr, mi = _edges(hr, hi, rows, False, REAL, BLOCK_T)
                 else:
                     br, bi = _boundary(BND, CUM, bidx0, p0r, p0i, md, D, SEG_B, REAL, ACC)
-                    hr, hi = _apply(sr, si, acr, aci, br, bi, REAL)
+                    hr, hi = _scan_c(ar, ai, xr, xi, br, bi, rows, False, REAL)
                 vn = (t + 1 < N)[:, None]
-                lamn = _lam(tl.load(rp + sp_n + W, mask=vn & md[None, :], other=0.0).to(ACC),
-                            lb)
+                lamn = _lam(_ld_mu(pbase, sp_n, k, True, rows, offs_d, md, N, W, BLOCK_T,
+                                   1).to(ACC), lb)
                 ar, ai = _decay(lamn, cf, sf, vn, True, REAL)
-                sr, si, acr, aci = _scan(ar, ai, g_r, g_i, True, REAL)
                 if DF_MAIN:
-                    er, ei = _apply(sr, si, acr, aci, nr, ni, REAL)
-                    nr = _edge(er, rows, True, BLOCK_T)
-                    if not REAL:
-                        ni = _edge(ei, rows, True, BLOCK_T)
+                    er, ei = _scan_c(ar, ai, g_r, g_i, nr, ni, rows, True, REAL)
+                    nr, ni = _edges(er, ei, rows, True, REAL, BLOCK_T)
                 else:
                     br, bi = _boundary(BND, CUM, bidx1, p1r, p1i, md, D, SEG_B, REAL, ACC)
-                    er, ei = _apply(sr, si, acr, aci, br, bi, REAL)
+                    er, ei = _scan_c(ar, ai, g_r, g_i, br, bi, rows, True, REAL)
                 yr = hr - xr
                 dxr += er
                 if REAL:
@@ -784,32 +860,26 @@ def _hgru_bwd_kernel(
                     yi = hi - xi
                     dxi += ei
                     q += er * yr + ei * yi
-                    acc_f += tl.where(m2, ei * yr - er * yi, 0.0)
+                    acc_f += tl.sum(tl.where(m2, ei * yr - er * yi, 0.0), axis=0)
             if DO_R:
                 # reverse direction: state HR (R), gradient state DR (L)
                 ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
-                sr, si, acr, aci = _scan(ar, ai, xr, xi, True, REAL)
                 if HR_MAIN:
-                    hr, hi = _apply(sr, si, acr, aci, mr, mi, REAL)
-                    mr = _edge(hr, rows, True, BLOCK_T)
-                    if not REAL:
-                        mi = _edge(hi, rows, True, BLOCK_T)
+                    hr, hi = _scan_c(ar, ai, xr, xi, mr, mi, rows, True, REAL)
+                    mr, mi = _edges(hr, hi, rows, True, REAL, BLOCK_T)
                 else:
                     br, bi = _boundary(BND, CUM, bidx0, p0r, p0i, md, D, SEG_B, REAL, ACC)
-                    hr, hi = _apply(sr, si, acr, aci, br, bi, REAL)
+                    hr, hi = _scan_c(ar, ai, xr, xi, br, bi, rows, True, REAL)
                 vp = ((t >= 1) & (t < N))[:, None]
-                lamp = _lam(tl.load(rp - sp_n + W, mask=vp & md[None, :], other=0.0).to(ACC),
-                            lb)
+                lamp = _lam(_ld_mu(pbase, sp_n, k, True, rows, offs_d, md, N, W, BLOCK_T,
+                                   -1).to(ACC), lb)
                 ar, ai = _decay(lamp, cr_, sr_, vp, True, REAL)
-                sr, si, acr, aci = _scan(ar, ai, g_r, g_i, False, REAL)
                 if DR_MAIN:
-                    er, ei = _apply(sr, si, acr, aci, nr, ni, REAL)
-                    nr = _edge(er, rows, False, BLOCK_T)
-                    if not REAL:
-                        ni = _edge(ei, rows, False, BLOCK_T)
+                    er, ei = _scan_c(ar, ai, g_r, g_i, nr, ni, rows, False, REAL)
+                    nr, ni = _edges(er, ei, rows, False, REAL, BLOCK_T)
                 else:
                     br, bi = _boundary(BND, CUM, bidx1, p1r, p1i, md, D, SEG_B, REAL, ACC)
-                    er, ei = _apply(sr, si, acr, aci, br, bi, REAL)
+                    er, ei = _scan_c(ar, ai, g_r, g_i, br, bi, rows, False, REAL)
                 yr = hr - xr
                 dxr += er
                 if REAL:
@@ -818,20 +888,25 @@ def _hgru_bwd_kernel(
                     yi = hi - xi
                     dxi += ei
                     q += er * yr + ei * yi
-                    acc_r += tl.where(m2, ei * yr - er * yi, 0.0)
+                    acc_r += tl.sum(tl.where(m2, ei * yr - er * yi, 0.0), axis=0)
             # gates' gradients
             olb = 1.0 - lb[None, :]
-            dlx = -(dxr * ct_r)
+            c_r = c_r.to(ACC)
+            sg_r = 1.0 / (1.0 + tl.exp(-c_r))
+            dlx = -(dxr * c_r * sg_r)
             if not REAL:
-                dlx -= dxi * ct_i
+                c_i = c_i.to(ACC)
+                sg_i = 1.0 / (1.0 + tl.exp(-c_i))
+                dlx -= dxi * c_i * sg_i
             pos = lam > 0
-            r = tl.where(pos, olb * s / tl.where(pos, lam, 1.0), 1.0)
+            rl = 1.0 / tl.where(pos, lam, 1.0)
+            r = tl.where(pos, olb * s * rl, 1.0)
             dmu = (q * r + dlx * olb * s) * oms
             if HAS_LB:
-                acc_l += tl.where(m2 & pos, (q / tl.where(pos, lam, 1.0) + dlx) * oms,
-                                  tl.where(m2, dlx * oms, 0.0))
+                acc_l += tl.sum(tl.where(m2, (tl.where(pos, q * rl, 0.0) + dlx) * oms, 0.0),
+                                axis=0)
             dcr = oml * dxr * sg_r * (1.0 + c_r * (1.0 - sg_r))
-            dpp = dbase + t64 * WP + offs_d[None, :]
+            dpp = dbase + t.to(tl.int64)[:, None] * WP + offs_d[None, :]
             tl.store(dpp, dcr.to(DP.dtype.element_ty), mask=m2)
             if not REAL:
                 dci = oml * dxi * sg_i * (1.0 + c_i * (1.0 - sg_i))
@@ -842,11 +917,11 @@ def _hgru_bwd_kernel(
         pidx = (b * n_seg + seg) * D + offs_d
         if not REAL:
             if DO_F:
-                tl.store(PTF + pidx, tl.sum(acc_f, axis=0), mask=md)
+                tl.store(PTF + pidx, acc_f, mask=md)
             if DO_R:
-                tl.store(PTR + pidx, tl.sum(acc_r, axis=0), mask=md)
+                tl.store(PTR + pidx, acc_r, mask=md)
         if HAS_LB:
-            tl.store(PLB + pidx, tl.sum(acc_l, axis=0), mask=md)
+            tl.store(PLB + pidx, acc_l, mask=md)
         # dh0 = conj(A_edge) D_edge, by the program whose main walk ends at the edge
         if HAS_H0 and not BOTH:
             if MAIN_REV:
@@ -879,8 +954,9 @@ _OVERRIDE: dict = {}
 @contextlib.contextmanager
 def override_config(**kwargs):
     """Force launch parameters (tests, tuning): ``block_t``, ``block_d``, ``num_warps``,
-    ``num_stages``, ``segments`` (the number S of sequence segments; >1 runs the two-launch
-    segmented scheme), ``target_programs`` (for the automatic choice of S)."""
+    ``vec``, ``prefetch``, ``num_stages`` (each also as ``fwd_*`` / ``bwd_*`` for one pass),
+    ``segments`` (the number S of sequence segments; >1 runs the two-launch segmented
+    scheme), ``target_programs`` (for the automatic choice of S)."""
     old = dict(_OVERRIDE)
     _OVERRIDE.update(kwargs)
     try:
@@ -890,12 +966,15 @@ def override_config(**kwargs):
         _OVERRIDE.update(old)
 
 
-# Defaults per pass: (BLOCK_T, BLOCK_D, num_warps, num_stages). GPU values: see
-# docs/hgru_kernel_notes.md (measured on an H200 where stated there).
-GPU_FWD = (16, 64, 2, 2)
-GPU_BWD = (16, 32, 2, 2)
-INTERP = (64, 64, 1, 1)  # the interpreter: big tiles = few interpreted steps
+# Defaults per pass: BLOCK_T, BLOCK_D, num_warps, VEC, PREFETCH, num_stages. GPU values:
+# docs/hgru_kernel_notes.md says how they were chosen. VEC = 2 with BLOCK_D = 64 * num_warps
+# puts the time axis of a tile inside each thread (see _channels).
+GPU_FWD = dict(block_t=8, block_d=32, num_warps=1, vec=1, prefetch=True, num_stages=1)
+GPU_BWD = dict(block_t=8, block_d=32, num_warps=1, vec=1, prefetch=False, num_stages=1)
+# the interpreter: few, big tiles (few interpreted steps); its layout is irrelevant
+INTERP = dict(block_t=64, block_d=64, num_warps=1, vec=64, prefetch=True, num_stages=1)
 MIN_TILES_PER_SEG = 8    # segments shorter than this many tiles are not worth a launch
+WARPS_PER_SM = 12        # resident warps per SM wanted before sequences are split
 
 
 def _pow2(n: int) -> int:
@@ -909,13 +988,18 @@ def _interpreting() -> bool:
 class _Cfg:
     def __init__(self, B: int, N: int, d: int, device: torch.device, bwd: bool):
         on_gpu = device.type == "cuda" and not _interpreting()
-        bt, bd, nw, ns = (GPU_BWD if bwd else GPU_FWD) if on_gpu else INTERP
-        bt = _OVERRIDE.get("block_t", bt)
-        bd = _OVERRIDE.get("block_d", bd)
-        self.block_t = max(2, min(bt, _pow2(N)))
-        self.block_d = max(2, min(bd, _pow2(d)))
-        self.num_warps = _OVERRIDE.get("num_warps", nw)
-        self.num_stages = _OVERRIDE.get("num_stages", ns)
+        c = dict((GPU_BWD if bwd else GPU_FWD) if on_gpu else INTERP)
+        c.update({k: v for k, v in _OVERRIDE.items() if k in c})
+        if bwd:
+            c.update({k[4:]: v for k, v in _OVERRIDE.items() if k.startswith("bwd_")})
+        else:
+            c.update({k[4:]: v for k, v in _OVERRIDE.items() if k.startswith("fwd_")})
+        self.block_t = max(2, min(c["block_t"], _pow2(N)))
+        self.block_d = max(2, min(c["block_d"], _pow2(d)))
+        self.num_warps = c["num_warps"]
+        self.num_stages = c["num_stages"]
+        self.vec = min(c["vec"], self.block_d)
+        self.prefetch = bool(c["prefetch"])
         self.n_dblk = triton.cdiv(d, self.block_d)
         self.n_tiles = triton.cdiv(N, self.block_t)
         S = _OVERRIDE.get("segments")
@@ -923,7 +1007,8 @@ class _Cfg:
             S = 1
             target = _OVERRIDE.get("target_programs")
             if target is None and on_gpu:
-                target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+                sms = torch.cuda.get_device_properties(device).multi_processor_count
+                target = WARPS_PER_SM * sms // self.num_warps
             programs = B * self.n_dblk
             if target and programs < target:
                 S = max(1, min(triton.cdiv(target, programs),
@@ -1015,7 +1100,8 @@ def hgru_forward(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[
         N=N, D=d, n_tiles=cfg.n_tiles, tps=cfg.tps, n_seg=cfg.n_seg,
         BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=_acc(proj.dtype),
         HAS_LB=lb is not None, HAS_H0=h0c is not None, DO_F=do_f, DO_R=do_r,
-        NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps)
+        VEC=cfg.vec, PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages,
+        num_warps=cfg.num_warps)
     grid = _grid(cfg, B)
     if not seg:
         _hgru_fwd_kernel[grid](PRE=both, MAIN=True, SEG_A=False, SEG_B=False, **args)
@@ -1079,7 +1165,8 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
         BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=_acc(proj.dtype),
         HAS_LB=lb is not None, HAS_H0=h0c is not None, HAS_GN=gN is not None,
         DO_F=do_f, DO_R=do_r, MAIN_REV=main_rev,
-        NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps)
+        VEC=cfg.vec, PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages,
+        num_warps=cfg.num_warps)
     grid = _grid(cfg, B)
     if not seg:
         _hgru_bwd_kernel[grid](PRE=True, MAIN=True, SEG_A=False, SEG_B=False, **args)
