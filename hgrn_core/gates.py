@@ -35,9 +35,11 @@ def state_width(proj: Tensor, complex_valued: bool) -> Tuple[int, int]:
     return proj.shape[-1] - d, d
 
 
-def _per_plane(t: Tensor, W: int) -> Tensor:
-    """A (B, N, d) tensor broadcast over the planes of a (B, N, W) one (W = d or 2d)."""
-    return t if t.shape[-1] == W else t.repeat(1, 1, W // t.shape[-1])
+def _times_per_plane(x: Tensor, t: Tensor) -> Tensor:
+    """``x`` (B, N, W) times ``t`` (B, N, d) broadcast over the W // d planes of ``x``,
+    without materialising the broadcast."""
+    d = t.shape[-1]
+    return (x.unflatten(-1, (x.shape[-1] // d, d)) * t.unsqueeze(-2)).flatten(-2)
 
 
 def hgru_gates(proj: Tensor, lower_bound: Optional[Tensor], complex_valued: bool) -> Gates:
@@ -47,7 +49,7 @@ def hgru_gates(proj: Tensor, lower_bound: Optional[Tensor], complex_valued: bool
     s = torch.sigmoid(proj[..., W:].to(dt))
     lam = s if lower_bound is None else torch.lerp(s, torch.ones_like(s), lower_bound.to(dt))
     silu_c = F.silu(c)
-    x = silu_c * _per_plane(1 - lam, W)
+    x = _times_per_plane(silu_c, 1 - lam)
     return Gates(x, lam, s, c, silu_c)
 
 
@@ -59,7 +61,7 @@ def hgru_gates_backward(g: Gates, dx: Tensor, dlam: Tensor, lower_bound: Optiona
     # x = (1 - lam) SiLU(c): lam gets -sum over planes of SiLU(c) dx
     dlam = dlam - (g.silu_c * dx).unflatten(-1, (W // d, d)).sum(-2)
     sig_c = torch.sigmoid(g.c)
-    dc = dx * _per_plane(1 - g.lam, W) * sig_c * (1 + g.c * (1 - sig_c))
+    dc = _times_per_plane(dx, 1 - g.lam) * sig_c * (1 + g.c * (1 - sig_c))
     lb = 0.0 if lower_bound is None else lower_bound.to(g.lam.dtype)
     dmu = dlam * (1 - lb) * g.s * (1 - g.s)
     dlb = None if lower_bound is None else (dlam * (1 - g.s)).sum((0, 1))

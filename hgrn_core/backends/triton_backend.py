@@ -1,12 +1,16 @@
-"""The ``triton`` backend: fused Triton kernels (``hgrn_core.kernels.triton_scan``).
+"""The ``triton`` backend: fused Triton kernels.
+
+* the HGRU core (op ``hgrn::hgru``): ``hgrn_core.kernels.triton_hgru`` -- gates and both
+  scan directions in one launch, from the projection to the state (docs/triton.md);
+* the output path (op ``hgrn::norm_gate``): ``hgrn_core.kernels.triton_norm_gate``;
+* the plain scans (``hgrn::complex_scan``, ``bidirectional_scan``, ``real_scan`` of the
+  public scan API): ``hgrn_core.kernels.triton_scan``.
 
 Runs on CUDA tensors, and on CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's
-interpreter, for tests: slow). Inputs of any strides are accepted (the kernels work on
-contiguous copies; contiguous inputs are not copied). fp32/bf16/fp16 inputs are scanned
-with an fp32 state and returned in the input dtype; fp64 inputs are scanned in fp64 by
-the same kernels (for gradcheck; slow on most GPUs). The bidirectional scan is one fused
-kernel (both directions, inputs read once when the sequence fits one tile), and so is its
-backward. Nothing but the op's inputs is kept for backward: states are recomputed.
+interpreter, for tests: slow). fp32/bf16/fp16 inputs are computed with an fp32 state and
+returned in the input dtype; fp64 inputs are computed in fp64 by the same kernels (for
+gradcheck; slow on most GPUs). Nothing but the ops' inputs is kept for backward: gates and
+states are recomputed.
 """
 from __future__ import annotations
 
