@@ -21,7 +21,7 @@ from torch import Tensor
 from .backends import get_backend, resolve_backend
 from .backends.base import DIRECTIONS, compute_dtype
 from .ops import _out
-from .scan import _check_float, _describe, _values_checked
+from .checks import check_float, describe, values_checked
 
 
 # ------------------------------------------------------------------------------------ ops
@@ -103,12 +103,12 @@ State = Union[Tensor, Tuple[Tensor, Tensor]]
 def _check_inputs(proj, lower_bound, theta_forward, theta_reverse, initial_state, direction):
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    _check_float("proj", proj)
+    check_float("proj", proj)
     if proj.dim() != 3:
         raise ValueError(f"proj must be a 3-D tensor (B, N, W + d), batch first; got "
-                         f"{_describe(proj)}")
+                         f"{describe(proj)}")
     if proj.shape[1] == 0:
-        raise ValueError(f"proj has an empty sequence (N = 0): {_describe(proj)}")
+        raise ValueError(f"proj has an empty sequence (N = 0): {describe(proj)}")
     if proj.stride(-1) != 1 and proj.shape[-1] > 1:
         raise ValueError(f"proj must have unit stride over channels (rows may be strided); "
                          f"got strides {proj.stride()}")
@@ -127,13 +127,13 @@ def _check_inputs(proj, lower_bound, theta_forward, theta_reverse, initial_state
             if complex_ and name in needed:
                 raise ValueError(f"{name} is needed for direction={direction!r} of a complex HGRU")
             continue
-        _check_float(name, t)
+        check_float(name, t)
         if tuple(t.shape) != (d,):
             raise ValueError(f"{name} must have shape ({d},) (one value per channel), got "
                              f"{tuple(t.shape)}")
         if t.device != proj.device:
             raise ValueError(f"{name} is on {t.device} but proj is on {proj.device}")
-    if lower_bound is not None and _values_checked(lower_bound):
+    if lower_bound is not None and values_checked(lower_bound):
         lo, hi = torch.aminmax(lower_bound.detach())
         if not (lo >= 0 and hi < 1):
             raise ValueError(f"lower_bound must lie in [0, 1); got values in "

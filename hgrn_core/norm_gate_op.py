@@ -26,14 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backends import get_backend, resolve_backend
-
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Low-precision inputs are computed in fp32; fp64 stays fp64 (for gradcheck)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
+from .backends.base import compute_dtype
+from .checks import check_float
 
 # ------------------------------------------------------------------ plain torch reference
 def norm_gate_reference_forward(h: Tensor, gate: Tensor, weight: Optional[Tensor],
@@ -42,7 +36,7 @@ def norm_gate_reference_forward(h: Tensor, gate: Tensor, weight: Optional[Tensor
     """``y, mean, rstd`` in plain torch: fp32 math (fp64 for fp64 ``h``), ``y`` in ``h``'s
     dtype, ``mean`` / ``rstd`` ``(B, N)`` in the compute dtype. One fused LayerNorm
     (``torch.native_layer_norm``, which also returns the statistics) and a SiLU product."""
-    acc = _acc_dtype(h.dtype)
+    acc = compute_dtype(h.dtype)
     W = h.shape[-1]
     w = None if weight is None else weight.to(acc)
     b = None if bias is None else bias.to(acc)
@@ -59,7 +53,7 @@ def norm_gate_reference_backward(dy: Tensor, h: Tensor, gate: Tensor, weight: Op
     ``dgate = dy * z * silu'(g)``, and the LayerNorm's output gradient ``dy * s`` goes
     through LayerNorm's backward. dh / dgate in h's / gate's dtype, dweight / dbias in
     the parameters' dtypes (None for a None parameter)."""
-    acc = _acc_dtype(h.dtype)
+    acc = compute_dtype(h.dtype)
     W = h.shape[-1]
     hf, g, d = h.to(acc), gate.to(acc), dy.to(acc)
     w = None if weight is None else weight.to(acc)
@@ -109,7 +103,7 @@ def _param_grad(g: Optional[Tensor], param: Optional[Tensor], like: Tensor) -> T
 def norm_gate_op(h: Tensor, gate: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                  eps: float, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     y, mean, rstd = get_backend(backend).norm_gate_forward(h, gate, weight, bias, eps)
-    acc = _acc_dtype(h.dtype)
+    acc = compute_dtype(h.dtype)
     stats = h.shape[:-1]
     return (_fresh(y, h.dtype), _fresh(mean.reshape(stats), acc),
             _fresh(rstd.reshape(stats), acc))
@@ -117,7 +111,7 @@ def norm_gate_op(h: Tensor, gate: Tensor, weight: Optional[Tensor], bias: Option
 
 @norm_gate_op.register_fake
 def _(h, gate, weight, bias, eps, backend):
-    acc = _acc_dtype(h.dtype)
+    acc = compute_dtype(h.dtype)
     return (_empty(h.shape, h, h.dtype), _empty(h.shape[:-1], h, acc),
             _empty(h.shape[:-1], h, acc))
 
@@ -162,18 +156,10 @@ norm_gate_op.register_autograd(_backward, setup_context=_setup)
 
 
 # -------------------------------------------------------------------------- public entry
-def _check_tensor(name: str, t) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating-point tensor (float32, float64, bfloat16 "
-                        f"or float16), got {t.dtype}")
-
-
 def _check_param(name: str, p, h: Tensor) -> None:
     if p is None:
         return
-    _check_tensor(name, p)
+    check_float(name, p)
     W = h.shape[-1]
     if tuple(p.shape) != (W,):
         raise ValueError(f"{name} must have shape ({W},) (one value per channel of h), "
@@ -199,8 +185,8 @@ def norm_gate(h: Tensor, gate: Tensor, weight: Optional[Tensor] = None,
     (fp64 for fp64 h). Every input that requires grad gets its gradient (dweight/dbias in
     the parameters' dtypes).
     """
-    _check_tensor("h", h)
-    _check_tensor("gate", gate)
+    check_float("h", h)
+    check_float("gate", gate)
     if h.dim() != 3:
         raise ValueError(f"h must be a 3-D tensor (B, N, W), batch first; got {h.dim()}-D "
                          f"with shape {tuple(h.shape)}")

@@ -12,38 +12,23 @@ the input dtype. Every tensor input that requires grad gets its gradient.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .backends import resolve_backend
-
-DEBUG_ENV_VAR = "HGRN_DEBUG"
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+from .checks import check_float, describe, values_checked
 
 State = Tuple[Tensor, Tensor]
 
 
 # ------------------------------------------------------------------------------ validation
-def _describe(t: Tensor) -> str:
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
-def _check_float(name: str, t) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating-point tensor (float32, float64, bfloat16 "
-                        f"or float16), got {t.dtype}")
-
-
 def _check_sequences(**named: Tensor) -> Tensor:
     """Same-shape (B, N, D) sequences on one device with one dtype; returns the first."""
     first_name, first = next(iter(named.items()))
     for name, t in named.items():
-        _check_float(name, t)
+        check_float(name, t)
         if t.dim() != 3:
             raise ValueError(f"{name} must be a 3-D tensor (B, N, D), batch first; got "
                              f"{t.dim()}-D with shape {tuple(t.shape)}")
@@ -55,28 +40,20 @@ def _check_sequences(**named: Tensor) -> Tensor:
         if t.dtype != first.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}")
     if first.shape[1] == 0:
-        raise ValueError(f"{first_name} has an empty sequence (N = 0): {_describe(first)}")
+        raise ValueError(f"{first_name} has an empty sequence (N = 0): {describe(first)}")
     return first
 
 
 def _check_vector(name: str, t: Tensor, like: Tensor, shape: tuple, what: str) -> None:
-    _check_float(name, t)
+    check_float(name, t)
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape} ({what}), got {tuple(t.shape)}")
     if t.device != like.device:
         raise ValueError(f"{name} is on {t.device} but the sequences are on {like.device}")
 
 
-def _values_checked(t: Tensor) -> bool:
-    """Value checks cost a device sync: on CPU always, elsewhere under HGRN_DEBUG=1;
-    never while compiling or tracing (they would break the graph)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    return t.device.type == "cpu" or os.environ.get(DEBUG_ENV_VAR, "0") not in ("", "0")
-
-
 def _check_lam(lam: Tensor) -> None:
-    if _values_checked(lam) and lam.numel():
+    if values_checked(lam) and lam.numel():
         lo, hi = torch.aminmax(lam.detach())
         if not (lo >= 0 and hi <= 1):  # also catches NaN
             raise ValueError(f"lam must lie in [0, 1] (a decay); got values in "
