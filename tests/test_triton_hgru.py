@@ -20,46 +20,6 @@ from hgrn_core.kernels import triton_hgru  # noqa: E402
 from hgrn_core.kernels.triton_hgru import hgru_backward, hgru_forward  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _vectorized_interpreter_scan():
-    """Speed only: Triton's interpreter runs a custom ``tl.associative_scan`` one element at
-    a time (a Python call of the combine function per element). Within this module, run it
-    one *slice* at a time along the scan axis -- the same sequential order and the same
-    elementwise combine function, so the same values -- which is what keeps these tests fast."""
-    if not INTERPRETING:
-        yield
-        return
-    import numpy as np
-    from triton.runtime import interpreter as interp
-
-    def generic_scan(self, input):
-        axis = self.axis
-        datas = [arg.handle.data for arg in input]
-        outs = [np.empty_like(d) for d in datas]
-        acc = None
-        for i in range(datas[0].shape[axis]):
-            cur = tuple(self.to_tensor(np.take(d, i, axis=axis), arg.dtype)
-                        for d, arg in zip(datas, input))
-            if acc is None:
-                acc = cur
-            else:
-                ret = self.combine_fn.fn(*acc, *cur)
-                acc = ret if isinstance(ret, tuple) else (ret,)
-            for o, a in zip(outs, acc):
-                idx = [slice(None)] * o.ndim
-                idx[axis] = i
-                o[tuple(idx)] = a.handle.data
-        return [self.to_tensor(o, arg.dtype) for o, arg in zip(outs, input)]
-
-    old = interp.ScanOps.generic_scan
-    interp.ScanOps.generic_scan = generic_scan
-    try:
-        yield
-    finally:
-        interp.ScanOps.generic_scan = old
 
 # launch layouts: default (one tile), several tiles per program (channel blocks permuted as
 # on the GPU: vec < block_d; with and without prefetch), segmented (2 launches)
@@ -239,7 +199,7 @@ def test_low_precision(dtype, tol, direction):
 def test_strided_proj(direction):
     """proj as a column slice of a wider projection, and with a transposed batch layout:
     read in place (no copy), same results as the contiguous tensor."""
-    B, N, d = 3, 10, 5
+    B, N, d = 2, 10, 5
     W = 2 * d
     base = make(B, N, d, h0=direction != "both", direction=direction, seed=11)
     g = torch.Generator().manual_seed(5)
@@ -323,9 +283,9 @@ def test_gradcheck_fp64(direction, real):
 
 def test_segments_match_single_walk():
     """The segmented scheme (S = 1..5) gives the single walk's results to rounding."""
-    t = make(2, 23, 5, h0=True, direction="forward", seed=9)
+    t = make(2, 17, 5, h0=True, direction="forward", seed=9)
     outs = []
-    for S in (1, 2, 6):
+    for S in (1, 4):
         with triton_hgru.override_config(**SMALL, segments=S):
             outs.append(run_all(t, "forward"))
     for o in outs[1:]:

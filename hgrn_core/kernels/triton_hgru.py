@@ -12,12 +12,14 @@ Public functions (the Triton backend wires them into ``hgrn::hgru``):
     hgru_backward(dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction)
         -> (dproj, dlb, dtf, dtr, dh0)
 
-Layout (docs/hgru_kernel_notes.md has the reasoning and the byte counts). A program owns one
-batch row and ``BLOCK_D`` contiguous channels and *walks* time in tiles of ``BLOCK_T`` rows
-with its state in registers: one 2-D load per input and tile (at a fixed token the channels
-are contiguous, so rows coalesce), gates formed in registers in fp32 (fp64 for fp64 inputs),
-the recurrence inside a tile by ``tl.associative_scan`` along axis 0 over (decay, input)
-pairs, the carry from the previous tile applied as ``h = X + Acum * carry``.
+Layout (docs/hgru_kernel_notes.md has the reasoning, the byte counts and the measurements).
+A program owns one batch row and ``BLOCK_D`` channels and *walks* time in tiles of
+``BLOCK_T`` rows with its state in registers: one 2-D load per input and tile (at a fixed
+token the channels are contiguous, so rows coalesce), gates formed in registers in fp32 (fp64
+for fp64 inputs). Each thread holds ``VEC`` channels and *all* ``BLOCK_T`` rows of them
+(``_channels`` steers the compiler's layout so; ``BLOCK_D = 32 * VEC * num_warps``), so the
+recurrence inside a tile is a plain unrolled chain of complex multiply-adds in registers
+(``_walk``): no scan tree, no shuffles, the carry simply enters the first row.
 
 Every recurrence involved is one of four *quantities*, each walked left-to-right (L) or
 right-to-left (R):
@@ -69,6 +71,8 @@ from typing import Optional, Tuple
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
+from triton.language.standard import _sum_combine
 
 Tensor = torch.Tensor
 
@@ -89,78 +93,61 @@ def _real_combine(a1, x1, a2, x2):
 
 
 @triton.jit
-def _flip2(r, i, REAL: tl.constexpr):
-    r = tl.flip(r, 0)
-    if REAL:
-        i = r
-    else:
-        i = tl.flip(i, 0)
-    return r, i
+def _rsum(x):
+    """Sum over the time axis (axis 0) keeping it, = tl.sum(x, 0, keep_dims=True); written with
+    tl.reduce so that Triton's interpreter takes its numpy path (tl.sum is a jit function, and
+    every jit-function call costs the interpreter a re-patch of triton.language)."""
+    return tl.reduce(x, 0, _sum_combine, keep_dims=True)
 
 
 @triton.jit
-def _scan(ar, ai, xr, xi, REV: tl.constexpr, REAL: tl.constexpr):
-    """Inclusive scan of a tile along time (axis 0) from a zero state: local states (sr, si)
-    and cumulative decays (acr, aci) (used where a tile's total decay is needed: launch A).
-
-    REV (walk from the last row to the first) is written as flip / forward scan / flip:
-    ``reverse=True`` lowers to lane shuffles even when the time axis lies inside each
-    thread, where a flip only renames registers."""
-    if REV:
-        ar, ai = _flip2(ar, ai, REAL)
-        xr, xi = _flip2(xr, xi, REAL)
-    if REAL:
-        acr, sr = tl.associative_scan((ar, xr), 0, _real_combine)
-        aci = acr
-        si = sr
-    else:
-        acr, aci, sr, si = tl.associative_scan((ar, ai, xr, xi), 0, _cplx_combine)
-    if REV:
-        acr, aci = _flip2(acr, aci, REAL)
-        sr, si = _flip2(sr, si, REAL)
-    return sr, si, acr, aci
+def _zeros_like(x):
+    return tl.full(x.shape, 0.0, x.dtype)
 
 
 @triton.jit
-def _scan_c(ar, ai, xr, xi, cr, ci, rows, REV: tl.constexpr, REAL: tl.constexpr):
-    """States of a tile entered with the carry (cr, ci). The carry is folded into the input
-    of the walk's first row (x_first += A_first carry), so the scan's X output is the state
-    itself: no ``X + Acum * carry`` pass, and the cumulative decays are dead code."""
-    if REV:
-        ar, ai = _flip2(ar, ai, REAL)
-        xr, xi = _flip2(xr, xi, REAL)
-    first = rows[:, None] == 0
+def _walk(ar, ai, xr, xi, cr, ci, rows, REV: tl.constexpr, REAL: tl.constexpr,
+          BLOCK_T: tl.constexpr, WANT_P: tl.constexpr):
+    """The recurrence h = A h + x over the rows of a tile, entered with the carry (cr, ci)
+    (REV: from the last row to the first). Returns the states (tiles), the carry leaving the
+    tile and, with WANT_P, the tile's total decay (product of its A's, by multiplication).
+
+    Written row by row (unrolled over the BLOCK_T rows): with the time axis inside each thread
+    this is a plain chain of complex multiply-adds in registers -- no scan tree, no products
+    of decays, no flips, no shuffles."""
+    hr_t = tl.full(xr.shape, 0.0, xr.dtype)
+    hi_t = tl.full(xr.shape, 0.0, xr.dtype)
+    pr = tl.full(cr.shape, 1.0, cr.dtype)
+    pi = tl.full(cr.shape, 0.0, cr.dtype)
+    for tt in tl.static_range(BLOCK_T):
+        if REV:
+            t = BLOCK_T - 1 - tt
+        else:
+            t = tt
+        # row t as [1, BLOCK_D]: the time axis lies inside each thread and `sel` is a
+        # compile-time pattern, so this folds to picking registers (the -0.0 fill makes
+        # the additions exact identities, which the compiler removes)
+        sel = rows == t
+        a_r = tl.reduce(tl.where(sel, ar, -0.0), 0, _sum_combine, keep_dims=True)
+        x_r = tl.reduce(tl.where(sel, xr, -0.0), 0, _sum_combine, keep_dims=True)
+        if REAL:
+            cr = a_r * cr + x_r
+            hr_t = tl.where(sel, cr, hr_t)
+            if WANT_P:
+                pr = a_r * pr
+        else:
+            a_i = tl.reduce(tl.where(sel, ai, -0.0), 0, _sum_combine, keep_dims=True)
+            x_i = tl.reduce(tl.where(sel, xi, -0.0), 0, _sum_combine, keep_dims=True)
+            cr, ci = a_r * cr - a_i * ci + x_r, a_r * ci + a_i * cr + x_i
+            hr_t = tl.where(sel, cr, hr_t)
+            hi_t = tl.where(sel, ci, hi_t)
+            if WANT_P:
+                pr, pi = a_r * pr - a_i * pi, a_r * pi + a_i * pr
     if REAL:
-        xr = tl.where(first, xr + ar * cr[None, :], xr)
-        _, hr = tl.associative_scan((ar, xr), 0, _real_combine)
-        hi = hr
-    else:
-        xr, xi = (tl.where(first, xr + ar * cr[None, :] - ai * ci[None, :], xr),
-                  tl.where(first, xi + ar * ci[None, :] + ai * cr[None, :], xi))
-        _, _, hr, hi = tl.associative_scan((ar, ai, xr, xi), 0, _cplx_combine)
-    if REV:
-        hr, hi = _flip2(hr, hi, REAL)
-    return hr, hi
-
-
-@triton.jit
-def _edge(x, rows, REV: tl.constexpr, BLOCK_T: tl.constexpr):
-    """The row where a walk leaves the tile (row 0 for REV, else the last) as a vector."""
-    if REV:
-        idx = 0
-    else:
-        idx = BLOCK_T - 1
-    return tl.sum(tl.where(rows[:, None] == idx, x, 0.0), axis=0)
-
-
-@triton.jit
-def _edges(hr, hi, rows, REV: tl.constexpr, REAL: tl.constexpr, BLOCK_T: tl.constexpr):
-    er = _edge(hr, rows, REV, BLOCK_T)
-    if REAL:
-        ei = er
-    else:
-        ei = _edge(hi, rows, REV, BLOCK_T)
-    return er, ei
+        hi_t = hr_t
+        ci = cr
+        pi = pr
+    return hr_t, hi_t, cr, ci, pr, pi
 
 
 @triton.jit
@@ -170,44 +157,71 @@ def _decay(lam, c, s, valid, CONJ: tl.constexpr, REAL: tl.constexpr):
         ar = tl.where(valid, lam, 1.0)
         ai = ar
     else:
-        ar = tl.where(valid, lam * c[None, :], 1.0)
+        ar = tl.where(valid, lam * c, 1.0)
         if CONJ:
-            ai = tl.where(valid, -lam * s[None, :], 0.0)
+            ai = tl.where(valid, -lam * s, 0.0)
         else:
-            ai = tl.where(valid, lam * s[None, :], 0.0)
+            ai = tl.where(valid, lam * s, 0.0)
     return ar, ai
 
 
 @triton.jit
-def _sig(z):
-    """sigmoid(z) and 1 - sigmoid(z), both without cancellation or inf * 0."""
-    e = tl.exp(-z)
-    s = 1.0 / (1.0 + e)
+def _sig(z, FAST: tl.constexpr):
+    """sigmoid(z) and 1 - sigmoid(z), both without cancellation or inf * 0. FAST (fp32 on
+    the GPU): ex2.approx.ftz and rcp.approx.ftz (2 + 1 instructions, no denormal fix-ups).
+    (The small helpers are written inline: every jit-function call costs the interpreter a
+    re-patch of triton.language.)"""
+    if FAST:
+        e = libdevice.fast_expf(-z)
+        s = libdevice.fast_dividef(1.0, 1.0 + e)
+    else:
+        e = tl.exp(-z)
+        s = 1.0 / (1.0 + e)
     oms = tl.where(z > 0, e * s, 1.0 - s)
     return s, oms
 
 
 @triton.jit
-def _lam(mu, lb):
-    s, oms = _sig(mu)
-    return lb[None, :] + (1.0 - lb[None, :]) * s
+def _lam(mu, lb, FAST: tl.constexpr):
+    s, oms = _sig(mu, FAST)
+    return lb + (1.0 - lb) * s
 
 
 @triton.jit
-def _gates(c_r, c_i, mu, lb, ACC: tl.constexpr, REAL: tl.constexpr):
-    """s = sigmoid(mu), 1 - s, lam, 1 - lam and x = (1 - lam) silu(c) from the raw tile."""
+def _gates(c_r, c_i, mu, lb, ACC: tl.constexpr, REAL: tl.constexpr, FAST: tl.constexpr):
+    """s = sigmoid(mu), 1 - s, lam, 1 - lam and x = (1 - lam) silu(c) from the raw tile;
+    also sigmoid(c) (sg_r, sg_i) and c in ACC for the backward."""
     mu = mu.to(ACC)
-    s, oms = _sig(mu)
-    lam = lb[None, :] + (1.0 - lb[None, :]) * s
-    oml = (1.0 - lb[None, :]) * oms
     c_r = c_r.to(ACC)
-    xr = oml * c_r / (1.0 + tl.exp(-c_r))
+    if REAL:
+        c_i = c_r
+    else:
+        c_i = c_i.to(ACC)
+    if FAST:
+        e = libdevice.fast_expf(-mu)
+        s = libdevice.fast_dividef(1.0, 1.0 + e)
+        sg_r = libdevice.fast_dividef(1.0, 1.0 + libdevice.fast_expf(-c_r))
+        if REAL:
+            sg_i = sg_r
+        else:
+            sg_i = libdevice.fast_dividef(1.0, 1.0 + libdevice.fast_expf(-c_i))
+    else:
+        e = tl.exp(-mu)
+        s = 1.0 / (1.0 + e)
+        sg_r = 1.0 / (1.0 + tl.exp(-c_r))
+        if REAL:
+            sg_i = sg_r
+        else:
+            sg_i = 1.0 / (1.0 + tl.exp(-c_i))
+    oms = tl.where(mu > 0, e * s, 1.0 - s)
+    lam = lb + (1.0 - lb) * s
+    oml = (1.0 - lb) * oms
+    xr = oml * c_r * sg_r
     if REAL:
         xi = xr
     else:
-        c_i = c_i.to(ACC)
-        xi = oml * c_i / (1.0 + tl.exp(-c_i))
-    return s, oms, lam, oml, xr, xi
+        xi = oml * c_i * sg_i
+    return s, oms, lam, oml, xr, xi, c_r, c_i, sg_r, sg_i
 
 
 @triton.jit
@@ -224,16 +238,23 @@ def _channels(pid_d, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
         g = r // VEC
         g = (g % 2) * (BLOCK_D // VEC // 2) + g // 2
         r = g * VEC + r % VEC
-    return pid_d * BLOCK_D + r
+        # tell the compiler what it cannot derive: groups of VEC contiguous channels whose
+        # first index is a multiple of VEC (so all accesses get the same VEC-wide layout)
+        r = tl.max_contiguous(tl.multiple_of(r, VEC), VEC)
+    return (pid_d * BLOCK_D + r)[None, :]
 
 
 @triton.jit
-def _ld_proj(pbase, sp_n, k, ok, rows, offs_d, md, N, D, W, BLOCK_T: tl.constexpr,
-             REAL: tl.constexpr):
-    """Raw (c_r, c_i, mu) of tile k (all masked off unless ``ok``)."""
-    t = k * BLOCK_T + rows
-    m2 = ((t < N) & ok)[:, None] & md[None, :]
-    rp = pbase + t.to(tl.int64)[:, None] * sp_n + offs_d[None, :]
+def _ld_proj(pbase, sp_n, roff, k, ok, rows, md, N, D, W, BLOCK_T: tl.constexpr,
+             REAL: tl.constexpr, EVEN_N: tl.constexpr):
+    """Raw (c_r, c_i, mu) of tile k (all masked off unless ``ok``). ``roff`` = the tile's
+    offsets from its first row (loop invariant); the row base is one int64 scalar."""
+    t0 = k * BLOCK_T
+    if EVEN_N:
+        m2 = md & ok
+    else:
+        m2 = ((t0 + rows < N) & ok) & md
+    rp = pbase + t0.to(tl.int64) * sp_n + roff
     c_r = tl.load(rp, mask=m2, other=0.0)
     mu = tl.load(rp + W, mask=m2, other=0.0)
     if REAL:
@@ -244,21 +265,25 @@ def _ld_proj(pbase, sp_n, k, ok, rows, offs_d, md, N, D, W, BLOCK_T: tl.constexp
 
 
 @triton.jit
-def _ld_mu(pbase, sp_n, k, ok, rows, offs_d, md, N, W, BLOCK_T: tl.constexpr,
+def _ld_mu(pbase, sp_n, roff, k, ok, rows, md, N, W, BLOCK_T: tl.constexpr,
            SHIFT: tl.constexpr):
     """Raw mu at t + SHIFT for the rows t of tile k (masked outside [0, N))."""
-    t = k * BLOCK_T + rows + SHIFT
-    m2 = ((t >= 0) & (t < N) & ok)[:, None] & md[None, :]
-    rp = pbase + t.to(tl.int64)[:, None] * sp_n + W + offs_d[None, :]
+    t0 = k * BLOCK_T + SHIFT
+    t = t0 + rows
+    m2 = ((t >= 0) & (t < N) & ok) & md
+    rp = pbase + t0.to(tl.int64) * sp_n + roff + W
     return tl.load(rp, mask=m2, other=0.0)
 
 
 @triton.jit
-def _ld_g(gbase, sg_n, k, ok, rows, offs_d, md, N, D, BLOCK_T: tl.constexpr,
-          REAL: tl.constexpr):
-    t = k * BLOCK_T + rows
-    m2 = ((t < N) & ok)[:, None] & md[None, :]
-    gp = gbase + t.to(tl.int64)[:, None] * sg_n + offs_d[None, :]
+def _ld_g(gbase, sg_n, goff, k, ok, rows, md, N, D, BLOCK_T: tl.constexpr,
+          REAL: tl.constexpr, EVEN_N: tl.constexpr):
+    t0 = k * BLOCK_T
+    if EVEN_N:
+        m2 = md & ok
+    else:
+        m2 = ((t0 + rows < N) & ok) & md
+    gp = gbase + t0.to(tl.int64) * sg_n + goff
     g_r = tl.load(gp, mask=m2, other=0.0)
     if REAL:
         g_i = g_r
@@ -273,7 +298,7 @@ def _load_vec(ptr, mask, ACC: tl.constexpr, HAS: tl.constexpr, FILL: tl.constexp
     if HAS:
         v = tl.load(ptr, mask=mask, other=FILL).to(ACC)
     else:
-        v = tl.full([BLOCK_D], FILL, ACC)
+        v = tl.full([1, BLOCK_D], FILL, ACC)
     return v
 
 
@@ -323,18 +348,12 @@ def _pre_step(ar, ai, xr, xi, cr, ci, qr, qi, BND, CUM, bidx, rows, md, D,
     _store_pair(BND, bidx, cr, ci, md, D, REAL)
     if SEG_A:
         _store_pair(CUM, bidx, qr, qi, md, D, REAL)
-        sr, si, acr, aci = _scan(ar, ai, xr, xi, REV, REAL)
-        er, ei = _edges(sr, si, rows, REV, REAL, BLOCK_T)
-        pr, pi = _edges(acr, aci, rows, REV, REAL, BLOCK_T)
+    _, _, cr, ci, pr, pi = _walk(ar, ai, xr, xi, cr, ci, rows, REV, REAL, BLOCK_T, SEG_A)
+    if SEG_A:
         if REAL:
-            cr = er + pr * cr
             qr = pr * qr
         else:
-            cr, ci = er + pr * cr - pi * ci, ei + pr * ci + pi * cr
             qr, qi = pr * qr - pi * qi, pr * qi + pi * qr
-    else:
-        hr, hi = _scan_c(ar, ai, xr, xi, cr, ci, rows, REV, REAL)
-        cr, ci = _edges(hr, hi, rows, REV, REAL, BLOCK_T)
     return cr, ci, qr, qi
 
 
@@ -342,10 +361,10 @@ def _pre_step(ar, ai, xr, xi, cr, ci, qr, qi, BND, CUM, bidx, rows, md, D,
 def _racc_step(ar, ai, xr, xi, er_, ei_, gr, gi, rows,
                MREV: tl.constexpr, REAL: tl.constexpr, BLOCK_T: tl.constexpr):
     """Launch A: accumulate the segment summary of a main-walk quantity while walking against
-    it: E += G * E_tile, G *= P_tile (G: product of the decays of the tiles already seen)."""
-    sr, si, acr, aci = _scan(ar, ai, xr, xi, MREV, REAL)
-    er, ei = _edges(sr, si, rows, MREV, REAL, BLOCK_T)
-    pr, pi = _edges(acr, aci, rows, MREV, REAL, BLOCK_T)
+    it: E += G * E_tile, G *= P_tile (E_tile: the tile's end state from zero; G: product of
+    the decays of the tiles already seen)."""
+    _, _, er, ei, pr, pi = _walk(ar, ai, xr, xi, _zeros_like(er_), _zeros_like(er_), rows,
+                                 MREV, REAL, BLOCK_T, True)
     if REAL:
         er_ = er_ + gr * er
         gr = gr * pr
@@ -379,7 +398,8 @@ def _hgru_fwd_kernel(
         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, REAL: tl.constexpr, ACC: tl.constexpr,
         HAS_LB: tl.constexpr, HAS_H0: tl.constexpr, DO_F: tl.constexpr, DO_R: tl.constexpr,
         PRE: tl.constexpr, MAIN: tl.constexpr, SEG_A: tl.constexpr, SEG_B: tl.constexpr,
-        VEC: tl.constexpr, PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr):
+        VEC: tl.constexpr, PREFETCH: tl.constexpr, FAST: tl.constexpr,
+        EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, NUM_STAGES: tl.constexpr):
     """Forward of the HGRU core. Main walk L for 'forward'/'both' (DO_F), R for 'reverse';
     'both' pre-walks R for HR. PRE+MAIN: one launch (S = 1); SEG_A / SEG_B: the two launches
     of the segmented scheme. Summary slots: HF 0, HR 1."""
@@ -387,15 +407,20 @@ def _hgru_fwd_kernel(
     b = tl.program_id(1).to(tl.int64)
     B = tl.num_programs(1).to(tl.int64)
     seg = tl.program_id(2)
-    offs_d = _channels(pid_d, BLOCK_D, VEC)
-    md = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
+    offs_d = _channels(pid_d, BLOCK_D, VEC)  # [1, BLOCK_D]
+    if EVEN_D:  # constant masks: the compiler drops them (and vectorizes freely)
+        md = tl.full([1, BLOCK_D], 1, tl.int1)
+    else:
+        md = offs_d < D
+    rows = tl.arange(0, BLOCK_T)[:, None]    # [BLOCK_T, 1]
     if REAL:
         W = D
     else:
         W = 2 * D
     pbase = P + b * sp_b
     hbase = H + b * N * W
+    roff = rows * sp_n + offs_d  # tile offsets from its first row
+    hoff = rows * W + offs_d
     k_lo = seg * tps
     k_hi = tl.minimum(k_lo + tps, n_tiles)
     nk = k_hi - k_lo
@@ -415,8 +440,8 @@ def _hgru_fwd_kernel(
         sf = tl.sin(thf)
         cr_ = tl.cos(thr)
         sr_ = tl.sin(thr)
-    zero = tl.zeros([BLOCK_D], ACC)
-    one = tl.full([BLOCK_D], 1.0, ACC)
+    zero = tl.full([1, BLOCK_D], 0.0, ACC)
+    one = tl.full([1, BLOCK_D], 1.0, ACC)
 
     # ---- pre-walk (against the main direction) -------------------------------------------
     if PRE or SEG_A:
@@ -435,21 +460,25 @@ def _hgru_fwd_kernel(
             k0 = k_lo
             kstep = 1
         if PREFETCH:
-            p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, k0, nk > 0, rows, offs_d, md, N, D, W,
-                                        BLOCK_T, REAL)
+            p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, roff, k0, nk > 0, rows, md, N, D, W,
+                                        BLOCK_T, REAL, EVEN_N)
         for j in tl.range(0, nk, num_stages=NUM_STAGES):
             k = k0 + j * kstep
             if PREFETCH:
                 c_r = p_cr
                 c_i = p_ci
                 mu = p_mu
-                p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, k + kstep, j + 1 < nk, rows, offs_d,
-                                            md, N, D, W, BLOCK_T, REAL)
+                p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, roff, k + kstep, j + 1 < nk, rows,
+                                            md, N, D, W, BLOCK_T, REAL, EVEN_N)
             else:
-                c_r, c_i, mu = _ld_proj(pbase, sp_n, k, True, rows, offs_d, md, N, D, W,
-                                        BLOCK_T, REAL)
-            mt = (k * BLOCK_T + rows < N)[:, None]
-            s, oms, lam, oml, xr, xi = _gates(c_r, c_i, mu, lb, ACC, REAL)
+                c_r, c_i, mu = _ld_proj(pbase, sp_n, roff, k, True, rows, md, N, D, W,
+                                        BLOCK_T, REAL, EVEN_N)
+            if EVEN_N:
+                mt = tl.full([BLOCK_T, 1], 1, tl.int1)
+            else:
+                mt = k * BLOCK_T + rows < N
+            s, oms, lam, oml, xr, xi, c_r, c_i, sg_r, sg_i = _gates(c_r, c_i, mu, lb, ACC,
+                                                                        REAL, FAST)
             if BOTH:
                 bidx = (b * n_tiles + k) * W + offs_d
                 ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
@@ -506,39 +535,44 @@ def _hgru_fwd_kernel(
             k0 = k_hi - 1
             kstep = -1
         if PREFETCH:
-            p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, k0, nk > 0, rows, offs_d, md, N, D, W,
-                                        BLOCK_T, REAL)
+            p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, roff, k0, nk > 0, rows, md, N, D, W,
+                                        BLOCK_T, REAL, EVEN_N)
         for j in tl.range(0, nk, num_stages=NUM_STAGES):
             k = k0 + j * kstep
             if PREFETCH:
                 c_r = p_cr
                 c_i = p_ci
                 mu = p_mu
-                p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, k + kstep, j + 1 < nk, rows, offs_d,
-                                            md, N, D, W, BLOCK_T, REAL)
+                p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, roff, k + kstep, j + 1 < nk, rows,
+                                            md, N, D, W, BLOCK_T, REAL, EVEN_N)
             else:
-                c_r, c_i, mu = _ld_proj(pbase, sp_n, k, True, rows, offs_d, md, N, D, W,
-                                        BLOCK_T, REAL)
+                c_r, c_i, mu = _ld_proj(pbase, sp_n, roff, k, True, rows, md, N, D, W,
+                                        BLOCK_T, REAL, EVEN_N)
             t = k * BLOCK_T + rows
-            mt = (t < N)[:, None]
-            m2 = mt & md[None, :]
-            s, oms, lam, oml, xr, xi = _gates(c_r, c_i, mu, lb, ACC, REAL)
+            if EVEN_N:
+                mt = tl.full([BLOCK_T, 1], 1, tl.int1)
+            else:
+                mt = t < N
+            m2 = mt & md
+            s, oms, lam, oml, xr, xi, c_r, c_i, sg_r, sg_i = _gates(c_r, c_i, mu, lb, ACC,
+                                                                        REAL, FAST)
             if DO_F:
                 ar, ai = _decay(lam, cf, sf, mt, False, REAL)
-                hr, hi = _scan_c(ar, ai, xr, xi, mr, mi, rows, False, REAL)
-                mr, mi = _edges(hr, hi, rows, False, REAL, BLOCK_T)
+                hr, hi, mr, mi, _, _ = _walk(ar, ai, xr, xi, mr, mi, rows, False, REAL, BLOCK_T,
+                                             False)
                 if DO_R:
                     bidx = (b * n_tiles + k) * W + offs_d
                     br, bi = _boundary(BND, CUM, bidx, pcr, pci, md, D, SEG_B, REAL, ACC)
                     ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
-                    gr, gi = _scan_c(ar, ai, xr, xi, br, bi, rows, True, REAL)
+                    gr, gi, _, _, _, _ = _walk(ar, ai, xr, xi, br, bi, rows, True, REAL,
+                                               BLOCK_T, False)
                     hr = hr + gr
                     hi = hi + gi
             else:
                 ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
-                hr, hi = _scan_c(ar, ai, xr, xi, mr, mi, rows, True, REAL)
-                mr, mi = _edges(hr, hi, rows, True, REAL, BLOCK_T)
-            hp = hbase + t.to(tl.int64)[:, None] * W + offs_d[None, :]
+                hr, hi, mr, mi, _, _ = _walk(ar, ai, xr, xi, mr, mi, rows, True, REAL, BLOCK_T,
+                                             False)
+            hp = hbase + (k * BLOCK_T).to(tl.int64) * W + hoff
             tl.store(hp, hr.to(H.dtype.element_ty), mask=m2)
             if not REAL:
                 tl.store(hp + D, hi.to(H.dtype.element_ty), mask=m2)
@@ -562,7 +596,8 @@ def _hgru_bwd_kernel(
         HAS_LB: tl.constexpr, HAS_H0: tl.constexpr, HAS_GN: tl.constexpr,
         DO_F: tl.constexpr, DO_R: tl.constexpr, MAIN_REV: tl.constexpr,
         PRE: tl.constexpr, MAIN: tl.constexpr, SEG_A: tl.constexpr, SEG_B: tl.constexpr,
-        VEC: tl.constexpr, PREFETCH: tl.constexpr, NUM_STAGES: tl.constexpr):
+        VEC: tl.constexpr, PREFETCH: tl.constexpr, FAST: tl.constexpr,
+        EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, NUM_STAGES: tl.constexpr):
     """Backward of the HGRU core. Main walk R (MAIN_REV: 'forward', 'both') or L
     ('reverse'); quantities whose direction is the main one are carried by the main walk,
     the others by the pre-walk. Boundary slots: HF/HR 0, DF/DR 1. Summary slots: HF 0,
@@ -571,9 +606,12 @@ def _hgru_bwd_kernel(
     b = tl.program_id(1).to(tl.int64)
     B = tl.num_programs(1).to(tl.int64)
     seg = tl.program_id(2)
-    offs_d = _channels(pid_d, BLOCK_D, VEC)
-    md = offs_d < D
-    rows = tl.arange(0, BLOCK_T)
+    offs_d = _channels(pid_d, BLOCK_D, VEC)  # [1, BLOCK_D]
+    if EVEN_D:  # constant masks: the compiler drops them (and vectorizes freely)
+        md = tl.full([1, BLOCK_D], 1, tl.int1)
+    else:
+        md = offs_d < D
+    rows = tl.arange(0, BLOCK_T)[:, None]    # [BLOCK_T, 1]
     if REAL:
         W = D
     else:
@@ -582,6 +620,9 @@ def _hgru_bwd_kernel(
     pbase = P + b * sp_b
     gbase = G + b * sg_b
     dbase = DP + b * N * WP
+    roff = rows * sp_n + offs_d  # tile offsets from its first row
+    goff = rows * sg_n + offs_d
+    doff = rows * WP + offs_d
     k_lo = seg * tps
     k_hi = tl.minimum(k_lo + tps, n_tiles)
     nk = k_hi - k_lo
@@ -616,8 +657,8 @@ def _hgru_bwd_kernel(
         sf = tl.sin(thf)
         cr_ = tl.cos(thr)
         sr_ = tl.sin(thr)
-    zero = tl.zeros([BLOCK_D], ACC)
-    one = tl.full([BLOCK_D], 1.0, ACC)
+    zero = tl.full([1, BLOCK_D], 0.0, ACC)
+    one = tl.full([1, BLOCK_D], 1.0, ACC)
     vidx = b * W + offs_d
     if HAS_H0:
         h0r, h0i = _load_pair(H0, vidx, md, D, REAL, ACC)
@@ -664,13 +705,17 @@ def _hgru_bwd_kernel(
         for j in tl.range(0, nk, num_stages=NUM_STAGES):
             k = k0 + j * kstep
             t = k * BLOCK_T + rows
-            mt = (t < N)[:, None]
+            if EVEN_N:
+                mt = tl.full([BLOCK_T, 1], 1, tl.int1)
+            else:
+                mt = t < N
             bidx0 = (b * n_tiles + k) * W + offs_d
             bidx1 = ((B + b) * n_tiles + k) * W + offs_d
             if W_HF or W_HR:
-                c_r, c_i, mu = _ld_proj(pbase, sp_n, k, True, rows, offs_d, md, N, D, W,
-                                        BLOCK_T, REAL)
-                s, oms, lam, oml, xr, xi = _gates(c_r, c_i, mu, lb, ACC, REAL)
+                c_r, c_i, mu = _ld_proj(pbase, sp_n, roff, k, True, rows, md, N, D, W,
+                                        BLOCK_T, REAL, EVEN_N)
+                s, oms, lam, oml, xr, xi, c_r, c_i, sg_r, sg_i = _gates(c_r, c_i, mu, lb, ACC,
+                                                                        REAL, FAST)
             if W_HF:
                 ar, ai = _decay(lam, cf, sf, mt, False, REAL)
                 if HF_PRE:
@@ -690,13 +735,13 @@ def _hgru_bwd_kernel(
                     a_er, a_ei, a_gr, a_gi = _racc_step(ar, ai, xr, xi, a_er, a_ei, a_gr,
                                                         a_gi, rows, True, REAL, BLOCK_T)
             if W_G:
-                g_r, g_i = _ld_g(gbase, sg_n, k, True, rows, offs_d, md, N, D, BLOCK_T, REAL)
+                g_r, g_i = _ld_g(gbase, sg_n, goff, k, True, rows, md, N, D, BLOCK_T, REAL, EVEN_N)
                 g_r = g_r.to(ACC)
                 g_i = g_i.to(ACC)
             if W_DF:
-                vn = (t + 1 < N)[:, None]
-                lamn = _lam(_ld_mu(pbase, sp_n, k, True, rows, offs_d, md, N, W, BLOCK_T,
-                                   1).to(ACC), lb)
+                vn = t + 1 < N
+                lamn = _lam(_ld_mu(pbase, sp_n, roff, k, True, rows, md, N, W, BLOCK_T,
+                                   1).to(ACC), lb, FAST)
                 ar, ai = _decay(lamn, cf, sf, vn, True, REAL)
                 if DF_PRE:
                     c1r, c1i, q1r, q1i = _pre_step(ar, ai, g_r, g_i, c1r, c1i, q1r, q1i, BND,
@@ -706,9 +751,9 @@ def _hgru_bwd_kernel(
                     g_er, g_ei, g_gr, g_gi = _racc_step(ar, ai, g_r, g_i, g_er, g_ei, g_gr,
                                                         g_gi, rows, True, REAL, BLOCK_T)
             if W_DR:
-                vp = ((t >= 1) & (t < N))[:, None]
-                lamp = _lam(_ld_mu(pbase, sp_n, k, True, rows, offs_d, md, N, W, BLOCK_T,
-                                   -1).to(ACC), lb)
+                vp = (t >= 1) & (t < N)
+                lamp = _lam(_ld_mu(pbase, sp_n, roff, k, True, rows, md, N, W, BLOCK_T,
+                                   -1).to(ACC), lb, FAST)
                 ar, ai = _decay(lamp, cr_, sr_, vp, True, REAL)
                 if DR_PRE:
                     c1r, c1i, q1r, q1i = _pre_step(ar, ai, g_r, g_i, c1r, c1i, q1r, q1i, BND,
@@ -803,9 +848,9 @@ def _hgru_bwd_kernel(
             k0 = k_lo
             kstep = 1
         if PREFETCH:
-            p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, k0, nk > 0, rows, offs_d, md, N, D, W,
-                                        BLOCK_T, REAL)
-            p_gr, p_gi = _ld_g(gbase, sg_n, k0, nk > 0, rows, offs_d, md, N, D, BLOCK_T, REAL)
+            p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, roff, k0, nk > 0, rows, md, N, D, W,
+                                        BLOCK_T, REAL, EVEN_N)
+            p_gr, p_gi = _ld_g(gbase, sg_n, goff, k0, nk > 0, rows, md, N, D, BLOCK_T, REAL, EVEN_N)
         for j in tl.range(0, nk, num_stages=NUM_STAGES):
             k = k0 + j * kstep
             if PREFETCH:
@@ -814,44 +859,50 @@ def _hgru_bwd_kernel(
                 mu = p_mu
                 g_r = p_gr
                 g_i = p_gi
-                p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, k + kstep, j + 1 < nk, rows, offs_d,
-                                            md, N, D, W, BLOCK_T, REAL)
-                p_gr, p_gi = _ld_g(gbase, sg_n, k + kstep, j + 1 < nk, rows, offs_d, md, N, D,
-                                   BLOCK_T, REAL)
+                p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, roff, k + kstep, j + 1 < nk, rows,
+                                            md, N, D, W, BLOCK_T, REAL, EVEN_N)
+                p_gr, p_gi = _ld_g(gbase, sg_n, goff, k + kstep, j + 1 < nk, rows, md, N, D,
+                                   BLOCK_T, REAL, EVEN_N)
             else:
-                c_r, c_i, mu = _ld_proj(pbase, sp_n, k, True, rows, offs_d, md, N, D, W,
-                                        BLOCK_T, REAL)
-                g_r, g_i = _ld_g(gbase, sg_n, k, True, rows, offs_d, md, N, D, BLOCK_T, REAL)
+                c_r, c_i, mu = _ld_proj(pbase, sp_n, roff, k, True, rows, md, N, D, W,
+                                        BLOCK_T, REAL, EVEN_N)
+                g_r, g_i = _ld_g(gbase, sg_n, goff, k, True, rows, md, N, D, BLOCK_T, REAL, EVEN_N)
             t = k * BLOCK_T + rows
-            mt = (t < N)[:, None]
-            m2 = mt & md[None, :]
-            s, oms, lam, oml, xr, xi = _gates(c_r, c_i, mu, lb, ACC, REAL)
+            if EVEN_N:
+                mt = tl.full([BLOCK_T, 1], 1, tl.int1)
+            else:
+                mt = t < N
+            m2 = mt & md
+            s, oms, lam, oml, xr, xi, c_r, c_i, sg_r, sg_i = _gates(c_r, c_i, mu, lb, ACC,
+                                                                        REAL, FAST)
             g_r = g_r.to(ACC)
             g_i = g_i.to(ACC)
             bidx0 = (b * n_tiles + k) * W + offs_d
             bidx1 = ((B + b) * n_tiles + k) * W + offs_d
-            dxr = tl.zeros([BLOCK_T, BLOCK_D], ACC)
-            dxi = tl.zeros([BLOCK_T, BLOCK_D], ACC)
-            q = tl.zeros([BLOCK_T, BLOCK_D], ACC)
+            dxr = tl.full([BLOCK_T, BLOCK_D], 0.0, ACC)
+            dxi = tl.full([BLOCK_T, BLOCK_D], 0.0, ACC)
+            q = tl.full([BLOCK_T, BLOCK_D], 0.0, ACC)
             if DO_F:
                 # forward direction: state HF (L), gradient state DF (R)
                 ar, ai = _decay(lam, cf, sf, mt, False, REAL)
                 if HF_MAIN:
-                    hr, hi = _scan_c(ar, ai, xr, xi, mr, mi, rows, False, REAL)
-                    mr, mi = _edges(hr, hi, rows, False, REAL, BLOCK_T)
+                    hr, hi, mr, mi, _, _ = _walk(ar, ai, xr, xi, mr, mi, rows, False, REAL,
+                                                 BLOCK_T, False)
                 else:
                     br, bi = _boundary(BND, CUM, bidx0, p0r, p0i, md, D, SEG_B, REAL, ACC)
-                    hr, hi = _scan_c(ar, ai, xr, xi, br, bi, rows, False, REAL)
-                vn = (t + 1 < N)[:, None]
-                lamn = _lam(_ld_mu(pbase, sp_n, k, True, rows, offs_d, md, N, W, BLOCK_T,
-                                   1).to(ACC), lb)
+                    hr, hi, _, _, _, _ = _walk(ar, ai, xr, xi, br, bi, rows, False, REAL,
+                                               BLOCK_T, False)
+                vn = t + 1 < N
+                lamn = _lam(_ld_mu(pbase, sp_n, roff, k, True, rows, md, N, W, BLOCK_T,
+                                   1).to(ACC), lb, FAST)
                 ar, ai = _decay(lamn, cf, sf, vn, True, REAL)
                 if DF_MAIN:
-                    er, ei = _scan_c(ar, ai, g_r, g_i, nr, ni, rows, True, REAL)
-                    nr, ni = _edges(er, ei, rows, True, REAL, BLOCK_T)
+                    er, ei, nr, ni, _, _ = _walk(ar, ai, g_r, g_i, nr, ni, rows, True, REAL,
+                                                 BLOCK_T, False)
                 else:
                     br, bi = _boundary(BND, CUM, bidx1, p1r, p1i, md, D, SEG_B, REAL, ACC)
-                    er, ei = _scan_c(ar, ai, g_r, g_i, br, bi, rows, True, REAL)
+                    er, ei, _, _, _, _ = _walk(ar, ai, g_r, g_i, br, bi, rows, True, REAL,
+                                               BLOCK_T, False)
                 yr = hr - xr
                 dxr += er
                 if REAL:
@@ -860,26 +911,28 @@ def _hgru_bwd_kernel(
                     yi = hi - xi
                     dxi += ei
                     q += er * yr + ei * yi
-                    acc_f += tl.sum(tl.where(m2, ei * yr - er * yi, 0.0), axis=0)
+                    acc_f += _rsum(tl.where(m2, ei * yr - er * yi, 0.0))
             if DO_R:
                 # reverse direction: state HR (R), gradient state DR (L)
                 ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
                 if HR_MAIN:
-                    hr, hi = _scan_c(ar, ai, xr, xi, mr, mi, rows, True, REAL)
-                    mr, mi = _edges(hr, hi, rows, True, REAL, BLOCK_T)
+                    hr, hi, mr, mi, _, _ = _walk(ar, ai, xr, xi, mr, mi, rows, True, REAL,
+                                                 BLOCK_T, False)
                 else:
                     br, bi = _boundary(BND, CUM, bidx0, p0r, p0i, md, D, SEG_B, REAL, ACC)
-                    hr, hi = _scan_c(ar, ai, xr, xi, br, bi, rows, True, REAL)
-                vp = ((t >= 1) & (t < N))[:, None]
-                lamp = _lam(_ld_mu(pbase, sp_n, k, True, rows, offs_d, md, N, W, BLOCK_T,
-                                   -1).to(ACC), lb)
+                    hr, hi, _, _, _, _ = _walk(ar, ai, xr, xi, br, bi, rows, True, REAL,
+                                               BLOCK_T, False)
+                vp = (t >= 1) & (t < N)
+                lamp = _lam(_ld_mu(pbase, sp_n, roff, k, True, rows, md, N, W, BLOCK_T,
+                                   -1).to(ACC), lb, FAST)
                 ar, ai = _decay(lamp, cr_, sr_, vp, True, REAL)
                 if DR_MAIN:
-                    er, ei = _scan_c(ar, ai, g_r, g_i, nr, ni, rows, False, REAL)
-                    nr, ni = _edges(er, ei, rows, False, REAL, BLOCK_T)
+                    er, ei, nr, ni, _, _ = _walk(ar, ai, g_r, g_i, nr, ni, rows, False, REAL,
+                                                 BLOCK_T, False)
                 else:
                     br, bi = _boundary(BND, CUM, bidx1, p1r, p1i, md, D, SEG_B, REAL, ACC)
-                    er, ei = _scan_c(ar, ai, g_r, g_i, br, bi, rows, False, REAL)
+                    er, ei, _, _, _, _ = _walk(ar, ai, g_r, g_i, br, bi, rows, False, REAL,
+                                               BLOCK_T, False)
                 yr = hr - xr
                 dxr += er
                 if REAL:
@@ -888,25 +941,23 @@ def _hgru_bwd_kernel(
                     yi = hi - xi
                     dxi += ei
                     q += er * yr + ei * yi
-                    acc_r += tl.sum(tl.where(m2, ei * yr - er * yi, 0.0), axis=0)
+                    acc_r += _rsum(tl.where(m2, ei * yr - er * yi, 0.0))
             # gates' gradients
-            olb = 1.0 - lb[None, :]
-            c_r = c_r.to(ACC)
-            sg_r = 1.0 / (1.0 + tl.exp(-c_r))
+            olb = 1.0 - lb
             dlx = -(dxr * c_r * sg_r)
             if not REAL:
-                c_i = c_i.to(ACC)
-                sg_i = 1.0 / (1.0 + tl.exp(-c_i))
                 dlx -= dxi * c_i * sg_i
             pos = lam > 0
-            rl = 1.0 / tl.where(pos, lam, 1.0)
+            if FAST:
+                rl = libdevice.fast_dividef(1.0, tl.where(pos, lam, 1.0))
+            else:
+                rl = 1.0 / tl.where(pos, lam, 1.0)
             r = tl.where(pos, olb * s * rl, 1.0)
             dmu = (q * r + dlx * olb * s) * oms
             if HAS_LB:
-                acc_l += tl.sum(tl.where(m2, (tl.where(pos, q * rl, 0.0) + dlx) * oms, 0.0),
-                                axis=0)
+                acc_l += _rsum(tl.where(m2, (tl.where(pos, q * rl, 0.0) + dlx) * oms, 0.0))
             dcr = oml * dxr * sg_r * (1.0 + c_r * (1.0 - sg_r))
-            dpp = dbase + t.to(tl.int64)[:, None] * WP + offs_d[None, :]
+            dpp = dbase + (k * BLOCK_T).to(tl.int64) * WP + doff
             tl.store(dpp, dcr.to(DP.dtype.element_ty), mask=m2)
             if not REAL:
                 dci = oml * dxi * sg_i * (1.0 + c_i * (1.0 - sg_i))
@@ -932,7 +983,7 @@ def _hgru_bwd_kernel(
                 pe = pbase + (N - 1).to(tl.int64) * sp_n
             if is_end:
                 mu_e = tl.load(pe + W + offs_d, mask=md, other=0.0).to(ACC)
-                s_e, oms_e = _sig(mu_e)
+                s_e, oms_e = _sig(mu_e, FAST)
                 lam_e = lb + (1.0 - lb) * s_e
                 if REAL:
                     tl.store(DH0 + vidx, lam_e * nr, mask=md)
@@ -966,15 +1017,17 @@ def override_config(**kwargs):
         _OVERRIDE.update(old)
 
 
-# Defaults per pass: BLOCK_T, BLOCK_D, num_warps, VEC, PREFETCH, num_stages. GPU values:
-# docs/hgru_kernel_notes.md says how they were chosen. VEC = 2 with BLOCK_D = 64 * num_warps
-# puts the time axis of a tile inside each thread (see _channels).
-GPU_FWD = dict(block_t=8, block_d=32, num_warps=1, vec=1, prefetch=True, num_stages=1)
-GPU_BWD = dict(block_t=8, block_d=32, num_warps=1, vec=1, prefetch=False, num_stages=1)
-# the interpreter: few, big tiles (few interpreted steps); its layout is irrelevant
-INTERP = dict(block_t=64, block_d=64, num_warps=1, vec=64, prefetch=True, num_stages=1)
+# Defaults per pass. VEC channels per thread and BLOCK_D = 32 * VEC * num_warps put the time
+# axis of a tile inside each thread (see _channels). Chosen from an H200 sweep of an earlier
+# version of these kernels and from instruction / register counts of this one:
+# docs/hgru_kernel_notes.md.
+GPU_FWD = dict(block_t=4, block_d=64, num_warps=1, vec=2, prefetch=True, num_stages=1)
+GPU_BWD = dict(block_t=2, block_d=64, num_warps=1, vec=2, prefetch=False, num_stages=1)
+# the interpreter: its layout is irrelevant; the row-by-row walk costs it O(BLOCK_T) tile
+# operations per tile, so short tiles and wide blocks are fastest there
+INTERP = dict(block_t=8, block_d=64, num_warps=1, vec=64, prefetch=True, num_stages=1)
 MIN_TILES_PER_SEG = 8    # segments shorter than this many tiles are not worth a launch
-WARPS_PER_SM = 12        # resident warps per SM wanted before sequences are split
+WARPS_PER_SM = 8         # resident warps per SM wanted before sequences are split
 
 
 def _pow2(n: int) -> int:
@@ -999,6 +1052,7 @@ class _Cfg:
         self.num_warps = c["num_warps"]
         self.num_stages = c["num_stages"]
         self.vec = min(c["vec"], self.block_d)
+        self.on_gpu = on_gpu
         self.prefetch = bool(c["prefetch"])
         self.n_dblk = triton.cdiv(d, self.block_d)
         self.n_tiles = triton.cdiv(N, self.block_t)
@@ -1101,6 +1155,8 @@ def hgru_forward(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[
         BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=_acc(proj.dtype),
         HAS_LB=lb is not None, HAS_H0=h0c is not None, DO_F=do_f, DO_R=do_r,
         VEC=cfg.vec, PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages,
+        FAST=cfg.on_gpu and proj.dtype != torch.float64,
+        EVEN_N=N % cfg.block_t == 0, EVEN_D=d % cfg.block_d == 0,
         num_warps=cfg.num_warps)
     grid = _grid(cfg, B)
     if not seg:
@@ -1166,6 +1222,8 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
         HAS_LB=lb is not None, HAS_H0=h0c is not None, HAS_GN=gN is not None,
         DO_F=do_f, DO_R=do_r, MAIN_REV=main_rev,
         VEC=cfg.vec, PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages,
+        FAST=cfg.on_gpu and proj.dtype != torch.float64,
+        EVEN_N=N % cfg.block_t == 0, EVEN_D=d % cfg.block_d == 0,
         num_warps=cfg.num_warps)
     grid = _grid(cfg, B)
     if not seg:
