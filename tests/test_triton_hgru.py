@@ -173,6 +173,18 @@ def test_shapes(N, d, direction):
         check(t, direction)
 
 
+@pytest.mark.parametrize("direction", ["forward", "reverse", "both"])
+@pytest.mark.parametrize("real", [False, True], ids=["complex", "real"])
+def test_even_shapes(direction, real):
+    """N a multiple of the tile and d of the channel block: the kernels drop their masks
+    (EVEN_N / EVEN_D); several tiles and channel blocks, permuted channel layout."""
+    t = make(2, 16, 8, real=real, h0=direction != "both", direction=direction, seed=21)
+    with triton_hgru.override_config(block_t=4, block_d=4, vec=2):
+        cfg = triton_hgru._Cfg(2, 16, 8, torch.device(DEVICE), bwd=False)
+        assert 16 % cfg.block_t == 0 and 8 % cfg.block_d == 0 and cfg.n_tiles > 1
+        check(t, direction)
+
+
 @pytest.mark.parametrize("lb", ["zero", "none"])
 @pytest.mark.parametrize("direction", ["forward", "both"])
 def test_lower_bound_zero_and_none(lb, direction):
@@ -238,9 +250,10 @@ def test_no_copy_of_proj(monkeypatch):
     assert seen["P"].data_ptr() == view.data_ptr() and seen["P"].stride() == view.stride()
 
 
-@pytest.mark.parametrize("direction", ["forward", "reverse", "both"])
-@pytest.mark.parametrize("mu_shift,lb", [(-60.0, "none"), (-15.0, "none"), (40.0, "rand"),
-                                         (12.0, "zero")])
+@pytest.mark.parametrize("direction,mu_shift,lb", [
+    ("forward", -60.0, "none"), ("both", -60.0, "none"), ("reverse", -15.0, "none"),
+    ("forward", 40.0, "rand"), ("both", 40.0, "rand"), ("reverse", 12.0, "zero"),
+    ("both", 12.0, "zero")])
 def test_lam_extremes(direction, mu_shift, lb):
     """lam ~ 0 (mu very negative, no bound: the state forgets at once) and lam ~ 1 (mu very
     positive: x ~ 0, the state is carried unchanged): finite and exact."""

@@ -230,17 +230,14 @@ def _channels(pid_d, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
     block that is contiguous only in groups of VEC: the compiler's coalescing pass then gives
     each thread VEC channels and spreads the channels over the warp's lanes (BLOCK_D =
     32 * VEC * num_warps), which leaves the time axis of a tile inside each thread: the
-    scans along time need no shuffles. Rows stay coalesced (a warp reads 32 * VEC
-    contiguous channels of a row)."""
+    recurrence along time needs no shuffles. Rows stay coalesced (with one warp, a warp
+    reads 32 * VEC contiguous channels of a row)."""
     r = tl.arange(0, BLOCK_D)
     if VEC < BLOCK_D:
         # a permutation of the block: groups of VEC channels, the two halves interleaved
         g = r // VEC
         g = (g % 2) * (BLOCK_D // VEC // 2) + g // 2
         r = g * VEC + r % VEC
-        # tell the compiler what it cannot derive: groups of VEC contiguous channels whose
-        # first index is a multiple of VEC (so all accesses get the same VEC-wide layout)
-        r = tl.max_contiguous(tl.multiple_of(r, VEC), VEC)
     return (pid_d * BLOCK_D + r)[None, :]
 
 
@@ -1021,8 +1018,8 @@ def override_config(**kwargs):
 # axis of a tile inside each thread (see _channels). Chosen from an H200 sweep of an earlier
 # version of these kernels and from instruction / register counts of this one:
 # docs/hgru_kernel_notes.md.
-GPU_FWD = dict(block_t=4, block_d=64, num_warps=1, vec=2, prefetch=True, num_stages=1)
-GPU_BWD = dict(block_t=2, block_d=64, num_warps=1, vec=2, prefetch=False, num_stages=1)
+GPU_FWD = dict(block_t=8, block_d=64, num_warps=1, vec=2, prefetch=True, num_stages=1)
+GPU_BWD = dict(block_t=4, block_d=64, num_warps=1, vec=2, prefetch=False, num_stages=1)
 # the interpreter: its layout is irrelevant; the row-by-row walk costs it O(BLOCK_T) tile
 # operations per tile, so short tiles and wide blocks are fastest there
 INTERP = dict(block_t=8, block_d=64, num_warps=1, vec=64, prefetch=True, num_stages=1)
@@ -1106,7 +1103,9 @@ def _check(proj: Tensor, theta_f, theta_r, h0, direction: str):
         raise ValueError(f"h0 must be {(proj.shape[0], W)}, got {tuple(h0.shape)}")
     if proj.shape[1] == 0:
         raise ValueError("proj has no tokens (N = 0)")
-    if proj.stride(-1) != 1:  # the kernels need unit channel stride; any other stride is free
+    if proj.stride(-1) != 1 or proj.stride(1) >= 2 ** 24:
+        # unit channel stride needed; the in-tile row offsets are int32 (row stride * 64 rows
+        # < 2^31); any other batch / row stride is read in place
         proj = proj.contiguous()
     return proj, real, d, W
 
@@ -1180,7 +1179,7 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
     B, N, _ = proj.shape
     if tuple(dh.shape) != (B, N, W):
         raise ValueError(f"dh must be {(B, N, W)}, got {tuple(dh.shape)}")
-    if dh.stride(-1) != 1:
+    if dh.stride(-1) != 1 or dh.stride(1) >= 2 ** 24:
         dh = dh.contiguous()
     dev = proj.device
     acc_t = _acc_torch(proj.dtype)
