@@ -48,11 +48,12 @@ def ref_hgru(proj, lb, thf, thr, h0, direction):
     xi = None if real else (1 - lam) * ct[..., d:]
 
     def walk(theta, order, init):
+        zero = torch.zeros(B, d, dtype=torch.float64, device=p.device)
         if real:
-            hr = init if init is not None else torch.zeros(B, d, dtype=torch.float64, device=p.device)
+            hr = init if init is not None else zero
         else:
-            hr = init[:, :d] if init is not None else torch.zeros(B, d, dtype=torch.float64, device=p.device)
-            hi = init[:, d:] if init is not None else torch.zeros_like(hr)
+            hr = init[:, :d] if init is not None else zero
+            hi = init[:, d:] if init is not None else zero
             cs, sn = torch.cos(theta.double()), torch.sin(theta.double())
         out = [None] * N
         for t in order:
@@ -141,7 +142,8 @@ def check(t, direction, tol=1e-4, skip=()):
         if k in skip:
             continue
         want = ref.get(k)
-        unused = (k == "dthf" and direction == "reverse") or (k == "dthr" and direction == "forward")
+        unused = ((k == "dthf" and direction == "reverse")
+                  or (k == "dthr" and direction == "forward"))
         if want is None or unused:
             # no such input, or one the direction does not use (its gradient is zero)
             assert got[k] is None, f"{k}: expected None"
