@@ -1,0 +1,315 @@
+"""Device helpers of the fused HGRU kernels (``triton_hgru``): gates in registers, the
+in-register walk of a tile, loads of the projection / gradient tiles, the per-tile
+boundaries and per-segment summaries. The design is in docs/triton.md."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+from triton.language.standard import _sum_combine
+
+# ------------------------------------------------------------------------------ device helpers
+@triton.jit
+def _cplx_combine(ar1, ai1, xr1, xi1, ar2, ai2, xr2, xi2):
+    # (A1, X1) then (A2, X2):  A = A2 A1,  X = A2 X1 + X2   (complex)
+    return (ar2 * ar1 - ai2 * ai1, ar2 * ai1 + ai2 * ar1,
+            ar2 * xr1 - ai2 * xi1 + xr2, ar2 * xi1 + ai2 * xr1 + xi2)
+
+
+@triton.jit
+def _real_combine(a1, x1, a2, x2):
+    return a2 * a1, a2 * x1 + x2
+
+
+@triton.jit
+def _rsum(x):
+    """Sum over the time axis (axis 0) keeping it, = tl.sum(x, 0, keep_dims=True); written with
+    tl.reduce so that Triton's interpreter takes its numpy path (tl.sum is a jit function, and
+    every jit-function call costs the interpreter a re-patch of triton.language)."""
+    return tl.reduce(x, 0, _sum_combine, keep_dims=True)
+
+
+@triton.jit
+def _zeros_like(x):
+    return tl.full(x.shape, 0.0, x.dtype)
+
+
+@triton.jit
+def _walk(ar, ai, xr, xi, cr, ci, rows, REV: tl.constexpr, REAL: tl.constexpr,
+          BLOCK_T: tl.constexpr, WANT_P: tl.constexpr):
+    """The recurrence h = A h + x over the rows of a tile, entered with the carry (cr, ci)
+    (REV: from the last row to the first). Returns the states (tiles), the carry leaving the
+    tile and, with WANT_P, the tile's total decay (product of its A's, by multiplication).
+
+    Written row by row (unrolled over the BLOCK_T rows): with the time axis inside each thread
+    this is a plain chain of complex multiply-adds in registers -- no scan tree, no products
+    of decays, no flips, no shuffles."""
+    hr_t = tl.full(xr.shape, 0.0, xr.dtype)
+    hi_t = tl.full(xr.shape, 0.0, xr.dtype)
+    pr = tl.full(cr.shape, 1.0, cr.dtype)
+    pi = tl.full(cr.shape, 0.0, cr.dtype)
+    for tt in tl.static_range(BLOCK_T):
+        if REV:
+            t = BLOCK_T - 1 - tt
+        else:
+            t = tt
+        # row t as [1, BLOCK_D]: the time axis lies inside each thread and `sel` is a
+        # compile-time pattern, so this folds to picking registers (the -0.0 fill makes
+        # the additions exact identities, which the compiler removes)
+        sel = rows == t
+        a_r = tl.reduce(tl.where(sel, ar, -0.0), 0, _sum_combine, keep_dims=True)
+        x_r = tl.reduce(tl.where(sel, xr, -0.0), 0, _sum_combine, keep_dims=True)
+        if REAL:
+            cr = a_r * cr + x_r
+            hr_t = tl.where(sel, cr, hr_t)
+            if WANT_P:
+                pr = a_r * pr
+        else:
+            a_i = tl.reduce(tl.where(sel, ai, -0.0), 0, _sum_combine, keep_dims=True)
+            x_i = tl.reduce(tl.where(sel, xi, -0.0), 0, _sum_combine, keep_dims=True)
+            cr, ci = a_r * cr - a_i * ci + x_r, a_r * ci + a_i * cr + x_i
+            hr_t = tl.where(sel, cr, hr_t)
+            hi_t = tl.where(sel, ci, hi_t)
+            if WANT_P:
+                pr, pi = a_r * pr - a_i * pi, a_r * pi + a_i * pr
+    if REAL:
+        hi_t = hr_t
+        ci = cr
+        pi = pr
+    return hr_t, hi_t, cr, ci, pr, pi
+
+
+@triton.jit
+def _decay(lam, c, s, valid, CONJ: tl.constexpr, REAL: tl.constexpr):
+    """(Re, Im) of lam e^{+-i theta} on valid rows, 1 elsewhere (carries pass through)."""
+    if REAL:
+        ar = tl.where(valid, lam, 1.0)
+        ai = ar
+    else:
+        ar = tl.where(valid, lam * c, 1.0)
+        if CONJ:
+            ai = tl.where(valid, -lam * s, 0.0)
+        else:
+            ai = tl.where(valid, lam * s, 0.0)
+    return ar, ai
+
+
+@triton.jit
+def _sig(z, FAST: tl.constexpr):
+    """sigmoid(z) and 1 - sigmoid(z), both without cancellation or inf * 0. FAST (fp32 on
+    the GPU): ex2.approx.ftz and rcp.approx.ftz (2 + 1 instructions, no denormal fix-ups).
+    (The small helpers are written inline: every jit-function call costs the interpreter a
+    re-patch of triton.language.)"""
+    if FAST:
+        e = libdevice.fast_expf(-z)
+        s = libdevice.fast_dividef(1.0, 1.0 + e)
+    else:
+        e = tl.exp(-z)
+        s = 1.0 / (1.0 + e)
+    oms = tl.where(z > 0, e * s, 1.0 - s)
+    return s, oms
+
+
+@triton.jit
+def _lam(mu, lb, FAST: tl.constexpr):
+    s, oms = _sig(mu, FAST)
+    return lb + (1.0 - lb) * s
+
+
+@triton.jit
+def _gates(c_r, c_i, mu, lb, ACC: tl.constexpr, REAL: tl.constexpr, FAST: tl.constexpr):
+    """s = sigmoid(mu), 1 - s, lam, 1 - lam and x = (1 - lam) silu(c) from the raw tile;
+    also sigmoid(c) (sg_r, sg_i) and c in ACC for the backward."""
+    mu = mu.to(ACC)
+    c_r = c_r.to(ACC)
+    if REAL:
+        c_i = c_r
+    else:
+        c_i = c_i.to(ACC)
+    if FAST:
+        e = libdevice.fast_expf(-mu)
+        s = libdevice.fast_dividef(1.0, 1.0 + e)
+        sg_r = libdevice.fast_dividef(1.0, 1.0 + libdevice.fast_expf(-c_r))
+        if REAL:
+            sg_i = sg_r
+        else:
+            sg_i = libdevice.fast_dividef(1.0, 1.0 + libdevice.fast_expf(-c_i))
+    else:
+        e = tl.exp(-mu)
+        s = 1.0 / (1.0 + e)
+        sg_r = 1.0 / (1.0 + tl.exp(-c_r))
+        if REAL:
+            sg_i = sg_r
+        else:
+            sg_i = 1.0 / (1.0 + tl.exp(-c_i))
+    oms = tl.where(mu > 0, e * s, 1.0 - s)
+    lam = lb + (1.0 - lb) * s
+    oml = (1.0 - lb) * oms
+    xr = oml * c_r * sg_r
+    if REAL:
+        xi = xr
+    else:
+        xi = oml * c_i * sg_i
+    return s, oms, lam, oml, xr, xi, c_r, c_i, sg_r, sg_i
+
+
+@triton.jit
+def _channels(pid_d, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
+    """This program's channel indices. With VEC < BLOCK_D they are a permutation of the
+    block that is contiguous only in groups of VEC: the compiler's coalescing pass then gives
+    each thread VEC channels and spreads the channels over the warp's lanes (BLOCK_D =
+    32 * VEC * num_warps), which leaves the time axis of a tile inside each thread: the
+    recurrence along time needs no shuffles. Rows stay coalesced (with one warp, a warp
+    reads 32 * VEC contiguous channels of a row)."""
+    r = tl.arange(0, BLOCK_D)
+    if VEC < BLOCK_D:
+        # a permutation of the block: groups of VEC channels, the two halves interleaved
+        g = r // VEC
+        g = (g % 2) * (BLOCK_D // VEC // 2) + g // 2
+        r = g * VEC + r % VEC
+    return (pid_d * BLOCK_D + r)[None, :]
+
+
+@triton.jit
+def _ld_proj(pbase, sp_n, roff, k, ok, rows, md, N, D, W, BLOCK_T: tl.constexpr,
+             REAL: tl.constexpr, EVEN_N: tl.constexpr):
+    """Raw (c_r, c_i, mu) of tile k (all masked off unless ``ok``). ``roff`` = the tile's
+    offsets from its first row (loop invariant); the row base is one int64 scalar."""
+    t0 = k * BLOCK_T
+    if EVEN_N:
+        m2 = md & ok
+    else:
+        m2 = ((t0 + rows < N) & ok) & md
+    rp = pbase + t0.to(tl.int64) * sp_n + roff
+    c_r = tl.load(rp, mask=m2, other=0.0)
+    mu = tl.load(rp + W, mask=m2, other=0.0)
+    if REAL:
+        c_i = c_r
+    else:
+        c_i = tl.load(rp + D, mask=m2, other=0.0)
+    return c_r, c_i, mu
+
+
+@triton.jit
+def _ld_mu(pbase, sp_n, roff, k, ok, rows, md, N, W, BLOCK_T: tl.constexpr,
+           SHIFT: tl.constexpr):
+    """Raw mu at t + SHIFT for the rows t of tile k (masked outside [0, N))."""
+    t0 = k * BLOCK_T + SHIFT
+    t = t0 + rows
+    m2 = ((t >= 0) & (t < N) & ok) & md
+    rp = pbase + t0.to(tl.int64) * sp_n + roff + W
+    return tl.load(rp, mask=m2, other=0.0)
+
+
+@triton.jit
+def _ld_g(gbase, sg_n, goff, k, ok, rows, md, N, D, BLOCK_T: tl.constexpr,
+          REAL: tl.constexpr, EVEN_N: tl.constexpr):
+    t0 = k * BLOCK_T
+    if EVEN_N:
+        m2 = md & ok
+    else:
+        m2 = ((t0 + rows < N) & ok) & md
+    gp = gbase + t0.to(tl.int64) * sg_n + goff
+    g_r = tl.load(gp, mask=m2, other=0.0)
+    if REAL:
+        g_i = g_r
+    else:
+        g_i = tl.load(gp + D, mask=m2, other=0.0)
+    return g_r, g_i
+
+
+@triton.jit
+def _load_vec(ptr, mask, ACC: tl.constexpr, HAS: tl.constexpr, FILL: tl.constexpr,
+              BLOCK_D: tl.constexpr):
+    if HAS:
+        v = tl.load(ptr, mask=mask, other=FILL).to(ACC)
+    else:
+        v = tl.full([1, BLOCK_D], FILL, ACC)
+    return v
+
+
+@triton.jit
+def _fold(SE, SP, slot, b, B, n_seg, s_first, count, step, col, md, D, W, cr, ci,
+          REAL: tl.constexpr, ACC: tl.constexpr):
+    """Carry across ``count`` segment summaries (end state E from zero, total decay P),
+    starting at segment ``s_first`` and stepping by ``step``:  c = E + P c."""
+    for j in range(0, count):
+        s2 = s_first + j * step
+        idx = ((slot * B + b) * n_seg + s2) * W + col
+        er = tl.load(SE + idx, mask=md, other=0.0).to(ACC)
+        pr = tl.load(SP + idx, mask=md, other=0.0).to(ACC)
+        if REAL:
+            cr = er + pr * cr
+        else:
+            ei = tl.load(SE + idx + D, mask=md, other=0.0).to(ACC)
+            pi = tl.load(SP + idx + D, mask=md, other=0.0).to(ACC)
+            cr, ci = er + pr * cr - pi * ci, ei + pr * ci + pi * cr
+    return cr, ci
+
+
+@triton.jit
+def _store_pair(ptr, idx, vr, vi, md, D, REAL: tl.constexpr):
+    tl.store(ptr + idx, vr, mask=md)
+    if not REAL:
+        tl.store(ptr + idx + D, vi, mask=md)
+
+
+@triton.jit
+def _load_pair(ptr, idx, md, D, REAL: tl.constexpr, ACC: tl.constexpr):
+    vr = tl.load(ptr + idx, mask=md, other=0.0).to(ACC)
+    if REAL:
+        vi = vr
+    else:
+        vi = tl.load(ptr + idx + D, mask=md, other=0.0).to(ACC)
+    return vr, vi
+
+
+@triton.jit
+def _pre_step(ar, ai, xr, xi, cr, ci, qr, qi, BND, CUM, bidx, rows, md, D,
+              REV: tl.constexpr, SEG_A: tl.constexpr, REAL: tl.constexpr,
+              BLOCK_T: tl.constexpr):
+    """Pre-walk step of one quantity over one tile: store the carry entering the tile (and,
+    in launch A, the cumulative decay from the segment edge), then advance the carry (cr, ci)
+    (and the cumulative decay (qr, qi)) over the tile."""
+    _store_pair(BND, bidx, cr, ci, md, D, REAL)
+    if SEG_A:
+        _store_pair(CUM, bidx, qr, qi, md, D, REAL)
+    _, _, cr, ci, pr, pi = _walk(ar, ai, xr, xi, cr, ci, rows, REV, REAL, BLOCK_T, SEG_A)
+    if SEG_A:
+        if REAL:
+            qr = pr * qr
+        else:
+            qr, qi = pr * qr - pi * qi, pr * qi + pi * qr
+    return cr, ci, qr, qi
+
+
+@triton.jit
+def _racc_step(ar, ai, xr, xi, er_, ei_, gr, gi, rows,
+               MREV: tl.constexpr, REAL: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Launch A: accumulate the segment summary of a main-walk quantity while walking against
+    it: E += G * E_tile, G *= P_tile (E_tile: the tile's end state from zero; G: product of
+    the decays of the tiles already seen)."""
+    _, _, er, ei, pr, pi = _walk(ar, ai, xr, xi, _zeros_like(er_), _zeros_like(er_), rows,
+                                 MREV, REAL, BLOCK_T, True)
+    if REAL:
+        er_ = er_ + gr * er
+        gr = gr * pr
+    else:
+        er_, ei_ = er_ + gr * er - gi * ei, ei_ + gr * ei + gi * er
+        gr, gi = gr * pr - gi * pi, gr * pi + gi * pr
+    return er_, ei_, gr, gi
+
+
+@triton.jit
+def _boundary(BND, CUM, bidx, pcr, pci, md, D, SEG_B: tl.constexpr, REAL: tl.constexpr,
+              ACC: tl.constexpr):
+    """Carry entering a tile for a pre-walk quantity: the stored boundary, plus (launch B)
+    the cumulative decay from the segment edge times the segment's carry-in."""
+    br, bi = _load_pair(BND, bidx, md, D, REAL, ACC)
+    if SEG_B:
+        qr, qi = _load_pair(CUM, bidx, md, D, REAL, ACC)
+        if REAL:
+            br = br + qr * pcr
+        else:
+            br, bi = br + qr * pcr - qi * pci, bi + qr * pci + qi * pcr
+    return br, bi
