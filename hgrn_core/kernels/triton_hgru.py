@@ -12,7 +12,7 @@ Public functions (the Triton backend wires them into ``hgrn::hgru``):
     hgru_backward(dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction)
         -> (dproj, dlb, dtf, dtr, dh0)
 
-Layout (docs/hgru_kernel_notes.md has the reasoning, the byte counts and the measurements).
+Layout (docs/triton.md has the reasoning, the byte counts and the measurements).
 A program owns one batch row and ``BLOCK_D`` channels and *walks* time in tiles of
 ``BLOCK_T`` rows with its state in registers: one 2-D load per input and tile (at a fixed
 token the channels are contiguous, so rows coalesce), gates formed in registers in fp32 (fp64
@@ -102,7 +102,7 @@ def override_config(**kwargs):
 # Defaults per pass. VEC channels per thread and BLOCK_D = 32 * VEC * num_warps put the time
 # axis of a tile inside each thread (see _channels). Chosen from an H200 sweep of an earlier
 # version of these kernels and from instruction / register counts of this one:
-# docs/hgru_kernel_notes.md.
+# docs/triton.md.
 GPU_FWD = dict(block_t=8, block_d=64, num_warps=1, vec=2, prefetch=True, num_stages=1)
 GPU_BWD = dict(block_t=4, block_d=64, num_warps=1, vec=2, prefetch=False, num_stages=1)
 # the interpreter: its layout is irrelevant; the row-by-row walk costs it O(BLOCK_T) tile
