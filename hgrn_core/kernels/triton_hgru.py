@@ -63,7 +63,6 @@ Per-channel sums (dlb, dtheta) are per-program partials reduced in torch (determ
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from typing import Optional, Tuple
@@ -72,6 +71,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch_overrides import LaunchOverrides
 from .triton_hgru_bwd import _hgru_bwd_kernel
 from .triton_hgru_fwd import _hgru_fwd_kernel
 
@@ -81,22 +81,15 @@ DIRECTIONS = ("forward", "reverse", "both")
 
 
 # ------------------------------------------------------------------------------ launch config
-_OVERRIDE: dict = {}
+_OVERRIDE = LaunchOverrides()
 
 
-@contextlib.contextmanager
 def override_config(**kwargs):
     """Force launch parameters (tests, tuning): ``block_t``, ``block_d``, ``num_warps``,
     ``vec``, ``prefetch``, ``num_stages`` (each also as ``fwd_*`` / ``bwd_*`` for one pass),
     ``segments`` (the number S of sequence segments; >1 runs the two-launch segmented
     scheme), ``target_programs`` (for the automatic choice of S)."""
-    old = dict(_OVERRIDE)
-    _OVERRIDE.update(kwargs)
-    try:
-        yield
-    finally:
-        _OVERRIDE.clear()
-        _OVERRIDE.update(old)
+    return _OVERRIDE.forcing(**kwargs)
 
 
 # Defaults per pass. VEC channels per thread and BLOCK_D = 32 * VEC * num_warps put the time

@@ -8,19 +8,8 @@ import triton.language as tl
 from triton.language.extra import libdevice
 from triton.language.standard import _sum_combine
 
+
 # ------------------------------------------------------------------------------ device helpers
-@triton.jit
-def _cplx_combine(ar1, ai1, xr1, xi1, ar2, ai2, xr2, xi2):
-    # (A1, X1) then (A2, X2):  A = A2 A1,  X = A2 X1 + X2   (complex)
-    return (ar2 * ar1 - ai2 * ai1, ar2 * ai1 + ai2 * ar1,
-            ar2 * xr1 - ai2 * xi1 + xr2, ar2 * xi1 + ai2 * xr1 + xi2)
-
-
-@triton.jit
-def _real_combine(a1, x1, a2, x2):
-    return a2 * a1, a2 * x1 + x2
-
-
 @triton.jit
 def _rsum(x):
     """Sum over the time axis (axis 0) keeping it, = tl.sum(x, 0, keep_dims=True); written with

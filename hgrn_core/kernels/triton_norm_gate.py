@@ -41,13 +41,14 @@ launches) is of the order of the kernels' time at these shapes; see the op's mod
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from .launch_overrides import LaunchOverrides
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -155,21 +156,14 @@ def _norm_gate_bwd_kernel(DY, H, G, WEIGHT, BIAS, MEAN, RSTD, DH, DG, DW_PART, D
 
 
 # ------------------------------------------------------------------------------ launch config
-_OVERRIDE: dict = {}
+_OVERRIDE = LaunchOverrides()
 
 
-@contextlib.contextmanager
 def override_config(**kwargs):
     """Force launch parameters (for tests and tuning): ``block_m`` (rows per tile, a power
     of two), ``rows_per_program`` (backward; rounded up to a multiple of block_m),
     ``num_warps``."""
-    old = dict(_OVERRIDE)
-    _OVERRIDE.update(kwargs)
-    try:
-        yield
-    finally:
-        _OVERRIDE.clear()
-        _OVERRIDE.update(old)
+    return _OVERRIDE.forcing(**kwargs)
 
 
 # Launch heuristics, from a sweep on an H200 (bf16, W = 384 / 768 / 1536, 1e5-6.5e4 rows,

@@ -27,13 +27,14 @@ written as per-(batch, tile) partial sums and reduced in torch (deterministic).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from .launch_overrides import LaunchOverrides
 
 
 # ------------------------------------------------------------------------- device helpers
@@ -437,21 +438,14 @@ def _bwd_kernel(U, V, LAM, GR, GI, THF, THR,
 
 
 # ------------------------------------------------------------------------------ launch config
-_OVERRIDE: dict = {}
+_OVERRIDE = LaunchOverrides()
 
 
-@contextlib.contextmanager
 def override_config(**kwargs):
     """Force launch parameters (for tests and tuning): ``block_t``, ``block_d``,
     ``chunked`` (True: the 3-pass chunk-parallel scheme whenever N spans several tiles;
     False: never for single-direction forwards), ``target_programs``, ``num_warps``."""
-    old = dict(_OVERRIDE)
-    _OVERRIDE.update(kwargs)
-    try:
-        yield
-    finally:
-        _OVERRIDE.clear()
-        _OVERRIDE.update(old)
+    return _OVERRIDE.forcing(**kwargs)
 
 
 # elements of one (BLOCK_T, BLOCK_D) tile: bounds registers per program (untuned on GPU)
