@@ -10,6 +10,13 @@ W = 2d for the complex HGRU (``[Re | Im]``), d for the real one (no phases). The
 the state live in fp32 inside the backend; the op saves only its inputs (``proj`` in the
 activation dtype, the lower bound, the phases, the initial state): backward recomputes.
 ``torch.compile`` sees one op with a fake implementation, fvcore one named node.
+
+The op's ``backend`` is a backend's name or ``"auto"``, resolved by the op itself from the
+tensors' device at run time (``resolve_backend``: ``HGRN_BACKEND``, else Triton for CUDA
+when importable, else torch): TorchScript calls ``torch.ops.hgrn.hgru(..., "auto")``
+directly, without the Python entry point. The reference loop has no backward formulas of
+its own (its entry point is differentiated by autograd, outside the op): inside the op,
+``"reference"`` runs the loop forward and the ``torch`` backend's backward.
 """
 from __future__ import annotations
 
@@ -35,12 +42,24 @@ def _state(proj: Tensor, W: int) -> Tensor:
     return proj.new_empty(proj.shape[0], W, dtype=compute_dtype(proj.dtype))
 
 
+def op_backend(name: str, device: torch.device) -> str:
+    """The backend an op runs: ``name``, or for ``"auto"`` the one ``resolve_backend``
+    picks for ``device`` at run time (the ops' own resolution, for TorchScript)."""
+    return resolve_backend(name, device).name if name == "auto" else name
+
+
+def _backward_backend(name: str) -> str:
+    # the reference loop has no backward formulas (see the module docstring)
+    return "torch" if name == "reference" else name
+
+
 @torch.library.custom_op("hgrn::hgru", mutates_args=())
 def hgru_op(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[Tensor],
             theta_r: Optional[Tensor], h0: Optional[Tensor], direction: str, backend: str
             ) -> Tuple[Tensor, Tensor]:
     B, N, W, d = _shapes(proj, theta_f is not None or theta_r is not None)
-    h, hN = get_backend(backend).hgru_forward(proj, lower_bound, theta_f, theta_r, h0, direction)
+    h, hN = get_backend(op_backend(backend, proj.device)).hgru_forward(
+        proj, lower_bound, theta_f, theta_r, h0, direction)
     state = _state(proj, W)
     return _out(h, proj), _out(hN, state)
 
@@ -56,7 +75,8 @@ def hgru_backward_op(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
                      lower_bound: Optional[Tensor], theta_f: Optional[Tensor],
                      theta_r: Optional[Tensor], h0: Optional[Tensor], direction: str,
                      backend: str) -> List[Tensor]:
-    dproj, dlb, dtf, dtr, dh0 = get_backend(backend).hgru_backward(
+    name = _backward_backend(op_backend(backend, proj.device))
+    dproj, dlb, dtf, dtr, dh0 = get_backend(name).hgru_backward(
         dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction)
     like = _fake_grads(proj, lower_bound, theta_f, theta_r, h0)
     return [_out(g, l) for g, l in zip((dproj, dlb, dtf, dtr, dh0), like)]
@@ -76,7 +96,8 @@ def _(dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction, backend):
 
 
 def _setup(ctx, inputs, output):
-    proj, lower_bound, theta_f, theta_r, h0, ctx.direction, ctx.backend = inputs
+    proj, lower_bound, theta_f, theta_r, h0, ctx.direction, backend = inputs
+    ctx.backend = op_backend(backend, proj.device)  # backward runs what forward resolved
     ctx.save_for_backward(proj, lower_bound, theta_f, theta_r, h0)
 
 

@@ -14,7 +14,9 @@ plain torch composition below (``norm_gate_reference_*``) is what the base backe
 uses, the ``triton`` backend runs one fused kernel each way
 (``hgrn_core.kernels.triton_norm_gate``).
 
-Call it through :func:`norm_gate`, which validates its inputs; the ops do not.
+Call it through :func:`norm_gate`, which validates its inputs; the ops do not. The ops'
+``backend`` may be ``"auto"``: they resolve it from ``h``'s device at run time
+(``resolve_backend``), so that TorchScript can call ``torch.ops.hgrn.norm_gate`` directly.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backends import get_backend, resolve_backend
+from .hgru_op import op_backend
 from .backends.base import compute_dtype
 from .checks import check_float
 
@@ -102,7 +105,8 @@ def _param_grad(g: Optional[Tensor], param: Optional[Tensor], like: Tensor) -> T
 @torch.library.custom_op("hgrn::norm_gate", mutates_args=())
 def norm_gate_op(h: Tensor, gate: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                  eps: float, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    y, mean, rstd = get_backend(backend).norm_gate_forward(h, gate, weight, bias, eps)
+    y, mean, rstd = get_backend(op_backend(backend, h.device)).norm_gate_forward(
+        h, gate, weight, bias, eps)
     acc = compute_dtype(h.dtype)
     stats = h.shape[:-1]
     return (_fresh(y, h.dtype), _fresh(mean.reshape(stats), acc),
@@ -120,7 +124,7 @@ def _(h, gate, weight, bias, eps, backend):
 def norm_gate_backward_op(dy: Tensor, h: Tensor, gate: Tensor, weight: Optional[Tensor],
                           bias: Optional[Tensor], mean: Tensor, rstd: Tensor, eps: float,
                           backend: str) -> List[Tensor]:
-    dh, dgate, dweight, dbias = get_backend(backend).norm_gate_backward(
+    dh, dgate, dweight, dbias = get_backend(op_backend(backend, h.device)).norm_gate_backward(
         dy, h, gate, weight, bias, mean, rstd, eps)
     return [_fresh(dh, h.dtype), _fresh(dgate, gate.dtype),
             _param_grad(dweight, weight, h), _param_grad(dbias, bias, h)]
@@ -138,7 +142,7 @@ def _setup(ctx, inputs, output):
     h, gate, weight, bias, eps, backend = inputs
     _, mean, rstd = output
     ctx.save_for_backward(h, gate, weight, bias, mean, rstd)
-    ctx.eps, ctx.backend = eps, backend
+    ctx.eps, ctx.backend = eps, op_backend(backend, h.device)  # backward runs the same
     ctx.mark_non_differentiable(mean, rstd)
 
 

@@ -14,7 +14,8 @@ of these functions of ``tests/test_models.py`` from timm's source distribution (
     test_model_forward_intermediates_features, test_model_forward_intermediates
     test_prune_intermediate_layers_params_used
     test_model_forward_fx, test_model_backward_fx
-    test_model_forward_torchscript      (skipped, see below)
+    test_model_forward_torchscript      (+ the scripted model gives the eager outputs)
+    test_model_forward_fx_torchscript   (fx-traced, then scripted)
 
 Sizes: timm's helper ``_get_input_size`` shrinks the default 224 px input to the cfg's
 ``min_input_size`` (112 px, a multiple of the patch); we use the same rule, and build the
@@ -23,27 +24,30 @@ the full models on the meta device, as timm does.
 
 To run timm's real file on these models (needs timm's sdist: ``pip download timm==<ver>
 --no-binary :all: --no-deps``, unpack it), set ``TIMM_TESTS_DIR`` to its ``tests`` folder;
-``test_timm_source_suite`` then runs it with ``-p hgrn_vision -k hgrn``.
+``test_timm_source_suite`` then runs it with ``-p hgrn_vision -k hgrn_``: every test it
+selects must pass, none skipped (24 tests with timm 1.0.31).
 """
 import copy
 import fnmatch
 import math
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 
 import timm
 import hgrn_vision  # noqa: F401
-from timm import create_model, list_models
+from timm import create_model, list_models, set_scriptable
 from timm.layers import get_channel_dim, get_spatial_dim
 from timm.models import get_notrace_functions, get_notrace_modules
 
 MODELS = list_models('hgrn*')
 FAST = dict(depth=2, mixer_backend='torch')
-TARGET_FWD, TARGET_BWD, TARGET_FEAT, TARGET_FX = 384, 128, 96, 128
+TARGET_FWD, TARGET_BWD, TARGET_FEAT, TARGET_FX, TARGET_JIT = 384, 128, 96, 128, 128
 
 
 def _input_size(model_or_name, target=None):
@@ -250,15 +254,38 @@ def test_model_backward_fx(model_name):
     assert out.shape[-1] == 42
 
 
-@pytest.mark.skip(reason=(
-    'test_model_forward_torchscript (and the fx+torchscript variants) are not applicable: the '
-    'HGRU mixer of hgrn_core dispatches its scan through a Python backend registry (names '
-    'resolved at run time, environment overrides) and torch.library custom ops, which '
-    'torch.jit.script cannot compile; torch.compile / torch.export are the supported paths '
-    '(TorchScript is deprecated in this torch). timm itself excludes such models via '
-    'EXCLUDE_JIT_FILTERS (e.g. hiera_*, *naflex*).'))
-def test_model_forward_torchscript():
-    pass
+def _script(module):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)  # torch.jit.script is deprecated
+        return torch.jit.script(module)
+
+
+@pytest.mark.parametrize('model_name', MODELS)
+def test_model_forward_torchscript(model_name):
+    size = _input_size(model_name, TARGET_JIT)
+    assert size == (3, 112, 112)
+    with set_scriptable(True):
+        model = create_model(model_name, **FAST)
+    model.eval()
+    scripted = _script(model)
+    x = torch.randn(1, *size)
+    with torch.no_grad():
+        out = scripted(x)
+        assert out.shape[0] == 1 and not torch.isnan(out).any()
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)  # beyond timm's test
+
+
+@pytest.mark.parametrize('model_name', MODELS)
+def test_model_forward_fx_torchscript(model_name):
+    pytest.importorskip('torchvision')
+    with set_scriptable(True):
+        model = create_model(model_name, **FAST)
+    model.eval()
+    x = torch.randn(1, *_input_size(model_name, TARGET_JIT))
+    scripted = _script(_fx_model(model))
+    with torch.inference_mode():
+        out = torch.cat(tuple(scripted(x).values()))
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not os.environ.get('TIMM_TESTS_DIR'), reason='set TIMM_TESTS_DIR to timm sdist tests/')
@@ -269,6 +296,9 @@ def test_timm_source_suite():
                if (env_pp := os.environ.get('PYTHONPATH')) else os.getcwd())
     proc = subprocess.run(
         [sys.executable, '-m', 'pytest', '-q', '-p', 'hgrn_vision', '-p', 'no:cacheprovider',
-         os.path.join(tests_dir, 'test_models.py'), '-k', 'hgrn and not torchscript'],
+         '-W', 'ignore', os.path.join(tests_dir, 'test_models.py'), '-k', 'hgrn_'],
         env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-5000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert re.search(r'\b\d+ passed\b', summary) and not re.search(
+        r'skipped|failed|error|xfail', summary), summary

@@ -57,11 +57,20 @@ def create_mixer(name: str, dim: int, **kwargs) -> TokenMixer:
     return get_mixer_class(name)(dim, **kwargs)
 
 
+def shape_str(x: Tensor) -> str:
+    """``str(tuple(x.shape))``, written so that TorchScript compiles it (it cannot turn a
+    shape of unknown length into a tuple)."""
+    dims = [str(s) for s in x.shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
 def check_tokens(x: Tensor, dim: int, who: str) -> None:
-    """Clear errors for the most common misuse: wrong rank or width."""
+    """Clear errors for the most common misuse: wrong rank or width. Scriptable: under
+    TorchScript the same message comes as ``torch.jit.Error`` ("... builtins.ValueError:
+    <message>"), TorchScript's wrapper of every exception raised in scripted code."""
     if x.dim() != 3:
         raise ValueError(f"{who} expects tokens of shape (B, N, {dim}); got a {x.dim()}-D "
-                         f"tensor of shape {tuple(x.shape)}")
+                         f"tensor of shape {shape_str(x)}")
     if x.shape[-1] != dim:
         raise ValueError(f"{who} was built for {dim} channels; got tokens of shape "
-                         f"{tuple(x.shape)}")
+                         f"{shape_str(x)}")

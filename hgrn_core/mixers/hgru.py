@@ -15,6 +15,12 @@ activation dtype) and ``hgrn::norm_gate`` (LayerNorm(h) * SiLU(gate)); then ``ou
 Bidirectional (the vision mixer): a forward and a reverse scan with their own phases,
 summed. Causal: the forward scan alone, with a recurrent ``step``. ``complex_valued=False``
 gives the real-valued HGRU (theta = 0, width d).
+
+TorchScript: ``forward`` compiles. Under ``torch.jit.script`` it calls the two ops directly
+(``torch.ops.hgrn.hgru`` / ``torch.ops.hgrn.norm_gate``, which resolve the backend name,
+``"auto"`` included, from the tensors' device at run time), after ``check_tokens``; the
+eager path goes through the Python entry points (``hgrn_core.hgru`` / ``norm_gate``), which
+validate every input. The recurrent helpers (``forward_with_state``, ``step``) stay Python.
 """
 from __future__ import annotations
 
@@ -56,6 +62,9 @@ class NormGate(nn.LayerNorm):
     """``LayerNorm(h) * SiLU(gate)`` as one op (``hgrn::norm_gate``); a LayerNorm's parameters."""
 
     def forward(self, h: Tensor, gate: Tensor, backend: Optional[str] = "auto") -> Tensor:
+        if torch.jit.is_scripting():  # the op itself; it resolves "auto"
+            name = backend if backend is not None else "auto"
+            return torch.ops.hgrn.norm_gate(h, gate, self.weight, self.bias, self.eps, name)[0]
         return norm_gate(h, gate, self.weight, self.bias, self.eps, backend=backend)
 
 
@@ -73,9 +82,10 @@ class HGRU(TokenMixer):
         self.in_proj = SplitLinear(dim, 2 * self.state_width + dim, self.state_width + dim)
         self.norm = NormGate(self.state_width, eps=norm_eps)
         self.out_proj = nn.Linear(self.state_width, dim)
-        if complex_valued:
-            self.theta_forward = nn.Parameter(phase_init(dim))
-            self.theta_reverse = None if causal else nn.Parameter(phase_init(dim))
+        # phases: None where absent (real-valued HGRU; reverse of a causal one)
+        self.theta_forward = nn.Parameter(phase_init(dim)) if complex_valued else None
+        self.theta_reverse = (nn.Parameter(phase_init(dim))
+                              if complex_valued and not causal else None)
 
     @classmethod
     def options_from_model(cls, mixer_backend: str = "auto", **_) -> Dict[str, object]:
@@ -88,8 +98,6 @@ class HGRU(TokenMixer):
 
     # ------------------------------------------------------------------------------ pieces
     def _phases(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-        if not self.complex_valued:
-            return None, None
         return self.theta_forward, self.theta_reverse
 
     def _output(self, h: Tensor, gate: Tensor) -> Tensor:
@@ -102,8 +110,13 @@ class HGRU(TokenMixer):
     def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None) -> Tensor:
         check_tokens(x, self.dim, "HGRU")
         core, gate = self.in_proj(x)
-        h = hgru(core, lower_bound, *self._phases(), direction=self.direction,
-                 backend=self.backend)
+        if torch.jit.is_scripting():  # the op itself; it resolves "auto" at run time
+            h = torch.ops.hgrn.hgru(core, lower_bound, self.theta_forward, self.theta_reverse,
+                                    None, self.direction, self.backend)[0]
+        else:
+            theta_forward, theta_reverse = self._phases()
+            h = hgru(core, lower_bound, theta_forward, theta_reverse, direction=self.direction,
+                     backend=self.backend)
         return self._output(h, gate)
 
     # ------------------------------------------------------------------ causal, with state
