@@ -196,6 +196,29 @@ def _grid(cfg: _Cfg, B: int):
     return (cfg.n_dblk, B, cfg.n_seg)
 
 
+def _shape_args(cfg, N: int, d: int, proj: Tensor, real: bool, lb, h0c) -> dict:
+    """The launch arguments the forward and backward kernels share: sizes, tiling and the
+    compile-time flags for the dtype, the optional inputs and even shapes."""
+    return dict(N=N, D=d, n_tiles=cfg.n_tiles, tps=cfg.tps, n_seg=cfg.n_seg,
+                BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=_acc(proj.dtype),
+                HAS_LB=lb is not None, HAS_H0=h0c is not None,
+                VEC=cfg.vec, PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages,
+                FAST=cfg.on_gpu and proj.dtype != torch.float64,
+                EVEN_N=N % cfg.block_t == 0, EVEN_D=d % cfg.block_d == 0,
+                num_warps=cfg.num_warps)
+
+
+def _launch(kernel, cfg, B: int, pre: bool, args: dict) -> None:
+    """One launch (pre-walk + main walk) for one segment per sequence; else launch A (the
+    segments' pre-walks and summaries) then launch B (carries folded in, main walk)."""
+    grid = _grid(cfg, B)
+    if cfg.n_seg == 1:
+        kernel[grid](PRE=pre, MAIN=True, SEG_A=False, SEG_B=False, **args)
+    else:
+        kernel[grid](PRE=False, MAIN=False, SEG_A=True, SEG_B=False, **args)
+        kernel[grid](PRE=False, MAIN=False, SEG_A=False, SEG_B=True, **args)
+
+
 # ------------------------------------------------------------------------------------ forward
 def hgru_forward(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[Tensor],
                  theta_r: Optional[Tensor], h0: Optional[Tensor], direction: str
@@ -227,20 +250,9 @@ def hgru_forward(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[
         H0=h0c if h0c is not None else h, LB=lb if lb is not None else h,
         THF=thf if (thf is not None and do_f) else h,
         THR=thr if (thr is not None and do_r) else h,
-        BND=bnd, CUM=cum, SE=se, SP=sp,
-        N=N, D=d, n_tiles=cfg.n_tiles, tps=cfg.tps, n_seg=cfg.n_seg,
-        BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=_acc(proj.dtype),
-        HAS_LB=lb is not None, HAS_H0=h0c is not None, DO_F=do_f, DO_R=do_r,
-        VEC=cfg.vec, PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages,
-        FAST=cfg.on_gpu and proj.dtype != torch.float64,
-        EVEN_N=N % cfg.block_t == 0, EVEN_D=d % cfg.block_d == 0,
-        num_warps=cfg.num_warps)
-    grid = _grid(cfg, B)
-    if not seg:
-        _hgru_fwd_kernel[grid](PRE=both, MAIN=True, SEG_A=False, SEG_B=False, **args)
-    else:
-        _hgru_fwd_kernel[grid](PRE=False, MAIN=False, SEG_A=True, SEG_B=False, **args)
-        _hgru_fwd_kernel[grid](PRE=False, MAIN=False, SEG_A=False, SEG_B=True, **args)
+        BND=bnd, CUM=cum, SE=se, SP=sp, DO_F=do_f, DO_R=do_r,
+        **_shape_args(cfg, N, d, proj, real, lb, h0c))
+    _launch(_hgru_fwd_kernel, cfg, B, pre=both, args=args)
     return h, hN
 
 
@@ -293,21 +305,10 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
         THF=thf if (thf is not None and do_f) else dproj,
         THR=thr if (thr is not None and do_r) else dproj,
         DP=dproj, DH0=dh0 if dh0 is not None else dproj, PTF=ptf, PTR=ptr, PLB=plb,
-        BND=bnd, CUM=cum, SE=se, SP=sp,
-        N=N, D=d, n_tiles=cfg.n_tiles, tps=cfg.tps, n_seg=S,
-        BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=_acc(proj.dtype),
-        HAS_LB=lb is not None, HAS_H0=h0c is not None, HAS_GN=gN is not None,
+        BND=bnd, CUM=cum, SE=se, SP=sp, HAS_GN=gN is not None,
         DO_F=do_f, DO_R=do_r, MAIN_REV=main_rev,
-        VEC=cfg.vec, PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages,
-        FAST=cfg.on_gpu and proj.dtype != torch.float64,
-        EVEN_N=N % cfg.block_t == 0, EVEN_D=d % cfg.block_d == 0,
-        num_warps=cfg.num_warps)
-    grid = _grid(cfg, B)
-    if not seg:
-        _hgru_bwd_kernel[grid](PRE=True, MAIN=True, SEG_A=False, SEG_B=False, **args)
-    else:
-        _hgru_bwd_kernel[grid](PRE=False, MAIN=False, SEG_A=True, SEG_B=False, **args)
-        _hgru_bwd_kernel[grid](PRE=False, MAIN=False, SEG_A=False, SEG_B=True, **args)
+        **_shape_args(cfg, N, d, proj, real, lb, h0c))
+    _launch(_hgru_bwd_kernel, cfg, B, pre=True, args=args)
     dtf = ptf.sum(0) if need_tf else None
     dtr = ptr.sum(0) if need_tr else None
     dlb = plb.sum(0) if lb is not None else None
