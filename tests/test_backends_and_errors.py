@@ -108,3 +108,18 @@ def test_empty_sequence():
     u, v, lam, theta = inputs(N=0)
     with pytest.raises(ValueError, match="empty sequence"):
         complex_scan(u, v, lam, theta)
+
+
+def test_triton_older_than_the_kernels_is_not_chosen_and_named(monkeypatch):
+    from hgrn_core import backends
+    monkeypatch.setattr(backends, "triton_version", lambda: "3.3.1")
+    assert not backends.triton_usable()
+    assert backends.auto_backend_name(torch.device("cuda")) == "torch"
+    backends.register_backend("triton_old_for_test", backends._load_triton)
+    try:
+        with pytest.raises(ValueError, match=r"triton >= 3\.6 \(installed: 3\.3\.1\).*hgrn\[gpu\]"):
+            backends.get_backend("triton_old_for_test")
+    finally:
+        backends._REGISTRY.pop("triton_old_for_test")
+    monkeypatch.setattr(backends, "triton_version", lambda: "3.6.0")
+    assert backends.triton_usable()

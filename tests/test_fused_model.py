@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-pytest.importorskip("triton")
+pytest.importorskip("triton", minversion="3.6")  # hgrn_core.backends.MIN_TRITON
 
 import hgrn_vision  # noqa: E402,F401  (registers the models)
 

@@ -20,12 +20,9 @@ from hgrn_core import norm_gate  # noqa: E402
 from hgrn_core.norm_gate_op import (norm_gate_backward_op, norm_gate_op,  # noqa: E402
                                     norm_gate_reference_backward, norm_gate_reference_forward)
 
-try:
-    import triton  # noqa: F401
+HAS_TRITON = hgrn_core.backends.triton_usable()
+if HAS_TRITON:
     from hgrn_core.kernels import triton_norm_gate
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover
-    HAS_TRITON = False
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

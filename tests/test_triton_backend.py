@@ -13,7 +13,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-triton = pytest.importorskip("triton")
+triton = pytest.importorskip("triton", minversion="3.6")  # hgrn_core.backends.MIN_TRITON
 
 import hgrn_core  # noqa: E402
 from hgrn_core.backends import get_backend  # noqa: E402

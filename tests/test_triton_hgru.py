@@ -14,7 +14,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-pytest.importorskip("triton")
+pytest.importorskip("triton", minversion="3.6")  # hgrn_core.backends.MIN_TRITON
 
 from hgrn_core.kernels import triton_hgru  # noqa: E402
 from hgrn_core.kernels.triton_hgru import hgru_backward, hgru_forward  # noqa: E402

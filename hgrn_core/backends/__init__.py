@@ -5,14 +5,15 @@
 
 Choosing a backend: an explicit name wins; with ``"auto"`` the environment variable
 ``HGRN_BACKEND`` decides if set, otherwise the fastest backend for the tensors' device
-(Triton for CUDA tensors when importable, else torch). CPU tensors never reach a GPU
-kernel unless ``triton`` is asked for by name under ``TRITON_INTERPRET=1``.
+(Triton for CUDA tensors when triton >= 3.6 is installed, else torch). CPU tensors never
+reach a GPU kernel unless ``triton`` is asked for by name under ``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import os
-from typing import Callable, Dict, Union
+import re
+from typing import Callable, Dict, Optional, Union
 
 import torch
 
@@ -50,12 +51,31 @@ def get_backend(name: str) -> ScanBackend:
     return entry
 
 
-def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+# The Triton kernels were tested with Triton 3.6 (GPU) and 3.8 (interpreter); older releases
+# (e.g. 3.3, which torch 2.7's CUDA wheels pin) cannot run them.
+MIN_TRITON = (3, 6)
+
+
+def triton_version() -> Optional[str]:
+    """The installed Triton's version, or None (read without importing triton)."""
+    for dist in ("triton", "pytorch-triton"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def triton_usable() -> bool:
+    """Whether a Triton new enough for the kernels is installed."""
+    version = triton_version()
+    if version is None:
+        return False
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:2]) >= MIN_TRITON
 
 
 def auto_backend_name(device: torch.device) -> str:
-    if device.type == "cuda" and _triton_importable() and "triton" in _REGISTRY:
+    if device.type == "cuda" and triton_usable() and "triton" in _REGISTRY:
         return "triton"
     return "torch"
 
@@ -83,6 +103,10 @@ def _usable(name: str, device: torch.device) -> bool:
 
 
 def _load_triton() -> ScanBackend:
+    if not triton_usable():
+        wanted = ".".join(map(str, MIN_TRITON))
+        raise ImportError(f"the Triton kernels need triton >= {wanted} (installed: "
+                          f"{triton_version() or 'none'}); pip install 'hgrn[gpu]'")
     from .triton_backend import TritonBackend  # imports triton: only on demand
     return TritonBackend()
 
@@ -92,4 +116,4 @@ register_backend("torch", TorchBackend())
 register_backend("triton", _load_triton)
 
 __all__ = ["ScanBackend", "register_backend", "list_backends", "get_backend",
-           "resolve_backend", "auto_backend_name", "ENV_VAR"]
+           "resolve_backend", "auto_backend_name", "triton_usable", "MIN_TRITON", "ENV_VAR"]
