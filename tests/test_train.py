@@ -149,6 +149,17 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path, capsys, trained):
     assert not (tmp_path / 'o').exists()
 
 
+def test_resume_with_another_optimizer_is_a_clear_error(tmp_path, capsys, trained):
+    # the digits run trains with AdamW; SGD would load its state and fail at the first step
+    argv = _args(tmp_path / 'o', '--resume', trained['checkpoint'], '--opt', 'sgd')
+    _expect_error(argv, capsys, trained['checkpoint'], 'optimizer "adamw"', '--no-resume-opt')
+    assert not (tmp_path / 'o').exists()
+    # a fresh optimizer from the checkpoint's weights is fine
+    res = _run(_args(tmp_path / 'p', '--resume', trained['checkpoint'], '--opt', 'sgd', '--no-resume-opt',
+                     epochs=3))
+    assert os.path.exists(res['checkpoint'])
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
     _expect_error(['--dataset', '', '--data-dir', str(tmp_path / 'imagenet'), *TINY], capsys,
                   'data path does not exist', 'imagenet')

@@ -60,9 +60,11 @@ def _entries(path, what):
     return ckpt
 
 
-def read_resume_checkpoint(path, model_name):
-    """The resume checkpoint's entries, checked: a training checkpoint (weights and epoch) of this model.
-    The run itself is restored later from the file by restore_training_state."""
+def read_resume_checkpoint(path, model_name, opt=None):
+    """The resume checkpoint's entries, checked: a training checkpoint (weights and epoch) of this model,
+    and, with ``opt`` (the run's optimizer name when its state is to be restored), written by the same
+    optimizer: another one's state would load and then fail at the first step. The run itself is restored
+    later from the file by restore_training_state."""
     what = 'resume checkpoint'
     _require_file(path, what)
     ckpt = {} if path.endswith('.safetensors') else _entries(path, what)  # safetensors: weights only
@@ -71,6 +73,11 @@ def read_resume_checkpoint(path, model_name):
                          f'(no epoch/optimizer state); use --initial-checkpoint to start from its weights')
     if ckpt.get('arch') and ckpt['arch'] != model_name:
         raise TrainError(f'resume checkpoint {path} was written for model "{ckpt["arch"]}", not "{model_name}"')
+    saved_opt = getattr(ckpt.get('args'), 'opt', None)
+    if opt is not None and saved_opt is not None and saved_opt.lower() != opt.lower():
+        raise TrainError(f'resume checkpoint {path} holds the state of optimizer "{saved_opt}", but this run '
+                         f'uses "{opt}"; resume with --opt {saved_opt}, or pass --no-resume-opt to start a '
+                         f'fresh optimizer from its weights')
     return ckpt
 
 

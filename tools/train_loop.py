@@ -38,7 +38,8 @@ def run(args):
     device = set_up(args)
 
     # --- everything that can fail on bad input is checked before any training step ---
-    resume = read_resume_checkpoint(args.resume, args.model) if args.resume else None
+    resume = (read_resume_checkpoint(args.resume, args.model, None if args.no_resume_opt else args.opt)
+              if args.resume else None)
     init_path = args.initial_checkpoint or (args.resume if args.validate_only else '')
     init_weights = read_weights(init_path, use_ema=args.validate_only and args.use_ema) if init_path else None
     model = build_model(args, device, init_weights, init_path, resume)
