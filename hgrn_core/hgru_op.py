@@ -27,8 +27,8 @@ from torch import Tensor
 
 from .backends import get_backend, resolve_backend
 from .backends.base import DIRECTIONS, compute_dtype
-from .ops import _out
 from .checks import check_float, describe, values_checked
+from .ops import out_like
 
 
 # ------------------------------------------------------------------------------------ ops
@@ -61,7 +61,7 @@ def hgru_op(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[Tenso
     h, hN = get_backend(op_backend(backend, proj.device)).hgru_forward(
         proj, lower_bound, theta_f, theta_r, h0, direction)
     state = _state(proj, W)
-    return _out(h, proj), _out(hN, state)
+    return out_like(h, proj), out_like(hN, state)
 
 
 @hgru_op.register_fake
@@ -79,7 +79,7 @@ def hgru_backward_op(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
     dproj, dlb, dtf, dtr, dh0 = get_backend(name).hgru_backward(
         dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction)
     like = _fake_grads(proj, lower_bound, theta_f, theta_r, h0)
-    return [_out(g, l) for g, l in zip((dproj, dlb, dtf, dtr, dh0), like)]
+    return [out_like(g, l) for g, l in zip((dproj, dlb, dtf, dtr, dh0), like)]
 
 
 def _fake_grads(proj, lower_bound, theta_f, theta_r, h0) -> List[Tensor]:
@@ -121,7 +121,8 @@ hgru_op.register_autograd(_backward, setup_context=_setup)
 State = Union[Tensor, Tuple[Tensor, Tensor]]
 
 
-def _check_inputs(proj, lower_bound, theta_forward, theta_reverse, initial_state, direction):
+def _check_inputs(proj, lower_bound, theta_forward, theta_reverse, direction) -> int:
+    """Clear errors for bad input; returns the width d."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     check_float("proj", proj)
@@ -159,7 +160,7 @@ def _check_inputs(proj, lower_bound, theta_forward, theta_reverse, initial_state
         if not (lo >= 0 and hi < 1):
             raise ValueError(f"lower_bound must lie in [0, 1); got values in "
                              f"[{lo.item():.4g}, {hi.item():.4g}]")
-    return complex_, d
+    return d
 
 
 def _initial_state(state: Optional[State], proj: Tensor, W: int, direction: str):
@@ -197,11 +198,8 @@ def hgru(proj: Tensor, lower_bound: Optional[Tensor] = None,
     Returns ``h`` (B, N, W) in ``proj``'s dtype, and with ``return_final_state`` the state
     after the last step (B, W) in fp32 (fp64 for fp64).
     """
-    complex_, d = _check_inputs(proj, lower_bound, theta_forward, theta_reverse,
-                                initial_state, direction)
+    d = _check_inputs(proj, lower_bound, theta_forward, theta_reverse, direction)
     h0 = _initial_state(initial_state, proj, proj.shape[-1] - d, direction)
-    if not complex_ and (theta_forward is not None or theta_reverse is not None):
-        raise ValueError("a real-valued HGRU takes no phases")
     impl = resolve_backend(backend, proj.device)
     tf = theta_forward if direction != "reverse" else None
     tr = theta_reverse if direction != "forward" else None

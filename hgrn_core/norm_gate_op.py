@@ -31,6 +31,7 @@ from .backends import get_backend, resolve_backend
 from .hgru_op import op_backend
 from .backends.base import compute_dtype
 from .checks import check_float
+from .ops import fresh
 
 # ------------------------------------------------------------------ plain torch reference
 def norm_gate_reference_forward(h: Tensor, gate: Tensor, weight: Optional[Tensor],
@@ -80,14 +81,6 @@ def norm_gate_reference_backward(dy: Tensor, h: Tensor, gate: Tensor, weight: Op
 
 
 # ------------------------------------------------------------------------------ the ops
-def _fresh(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """A contiguous tensor of its own in ``dtype`` (ops must not return views)."""
-    t = t.to(dtype)
-    if t._base is not None or not t.is_contiguous():
-        t = t.clone(memory_format=torch.contiguous_format)
-    return t
-
-
 def _empty(shape, like: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.empty(tuple(shape), dtype=dtype, device=like.device)
 
@@ -99,7 +92,7 @@ def _param_grad(g: Optional[Tensor], param: Optional[Tensor], like: Tensor) -> T
         return _empty((0,), like, like.dtype)
     if g is None:
         return torch.zeros_like(param, memory_format=torch.contiguous_format)
-    return _fresh(g, param.dtype)
+    return fresh(g, param.dtype)
 
 
 @torch.library.custom_op("hgrn::norm_gate", mutates_args=())
@@ -109,8 +102,8 @@ def norm_gate_op(h: Tensor, gate: Tensor, weight: Optional[Tensor], bias: Option
         h, gate, weight, bias, eps)
     acc = compute_dtype(h.dtype)
     stats = h.shape[:-1]
-    return (_fresh(y, h.dtype), _fresh(mean.reshape(stats), acc),
-            _fresh(rstd.reshape(stats), acc))
+    return (fresh(y, h.dtype), fresh(mean.reshape(stats), acc),
+            fresh(rstd.reshape(stats), acc))
 
 
 @norm_gate_op.register_fake
@@ -126,7 +119,7 @@ def norm_gate_backward_op(dy: Tensor, h: Tensor, gate: Tensor, weight: Optional[
                           backend: str) -> List[Tensor]:
     dh, dgate, dweight, dbias = get_backend(op_backend(backend, h.device)).norm_gate_backward(
         dy, h, gate, weight, bias, mean, rstd, eps)
-    return [_fresh(dh, h.dtype), _fresh(dgate, gate.dtype),
+    return [fresh(dh, h.dtype), fresh(dgate, gate.dtype),
             _param_grad(dweight, weight, h), _param_grad(dbias, bias, h)]
 
 

@@ -18,14 +18,17 @@ from torch import Tensor
 from .backends import get_backend
 
 
-def _out(t: Optional[Tensor], like: Tensor) -> Tensor:
-    """A fresh contiguous tensor in ``like``'s dtype (ops must not return views)."""
-    if t is None:
-        return torch.zeros_like(like)
-    t = t.to(like.dtype)
+def fresh(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """A contiguous tensor of its own in ``dtype`` (custom ops must not return views)."""
+    t = t.to(dtype)
     if t._base is not None or not t.is_contiguous():
         t = t.clone(memory_format=torch.contiguous_format)
     return t
+
+
+def out_like(t: Optional[Tensor], like: Tensor) -> Tensor:
+    """An op output in ``like``'s dtype: ``t`` made fresh, or zeros where a backend gave None."""
+    return torch.zeros_like(like) if t is None else fresh(t, like.dtype)
 
 
 def _state_like(u: Tensor) -> Tensor:
@@ -43,7 +46,7 @@ def complex_scan_op(u: Tensor, v: Tensor, lam: Tensor, theta: Tensor,
                     reverse: bool, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     hr, hi, hNr, hNi = get_backend(backend).complex_forward(u, v, lam, theta, h0r, h0i, reverse)
     s = _state_like(u)
-    return _out(hr, u), _out(hi, u), _out(hNr, s), _out(hNi, s)
+    return out_like(hr, u), out_like(hi, u), out_like(hNr, s), out_like(hNi, s)
 
 
 @complex_scan_op.register_fake
@@ -59,8 +62,8 @@ def complex_scan_backward_op(ghr: Tensor, ghi: Tensor, ghNr: Optional[Tensor],
     du, dv, dlam, dtheta, dh0r, dh0i = get_backend(backend).complex_backward(
         ghr, ghi, ghNr, ghNi, u, v, lam, theta, h0r, h0i, reverse)
     s = _state_like(u)
-    return [_out(du, u), _out(dv, v), _out(dlam, lam), _out(dtheta, theta),
-            _out(dh0r, h0r if h0r is not None else s), _out(dh0i, h0i if h0i is not None else s)]
+    return [out_like(du, u), out_like(dv, v), out_like(dlam, lam), out_like(dtheta, theta),
+            out_like(dh0r, h0r if h0r is not None else s), out_like(dh0i, h0i if h0i is not None else s)]
 
 
 @complex_scan_backward_op.register_fake
@@ -94,7 +97,7 @@ complex_scan_op.register_autograd(_complex_backward, setup_context=_complex_setu
 def bidirectional_scan_op(u: Tensor, v: Tensor, lam: Tensor, theta_f: Tensor, theta_r: Tensor,
                           backend: str) -> Tuple[Tensor, Tensor]:
     hr, hi = get_backend(backend).bidirectional_forward(u, v, lam, theta_f, theta_r)
-    return _out(hr, u), _out(hi, u)
+    return out_like(hr, u), out_like(hi, u)
 
 
 @bidirectional_scan_op.register_fake
@@ -108,7 +111,7 @@ def bidirectional_scan_backward_op(ghr: Tensor, ghi: Tensor, u: Tensor, v: Tenso
                                    ) -> List[Tensor]:
     du, dv, dlam, dtf, dtr = get_backend(backend).bidirectional_backward(
         ghr, ghi, u, v, lam, theta_f, theta_r)
-    return [_out(du, u), _out(dv, v), _out(dlam, lam), _out(dtf, theta_f), _out(dtr, theta_r)]
+    return [out_like(du, u), out_like(dv, v), out_like(dlam, lam), out_like(dtf, theta_f), out_like(dtr, theta_r)]
 
 
 @bidirectional_scan_backward_op.register_fake
@@ -136,7 +139,7 @@ bidirectional_scan_op.register_autograd(_bidir_backward, setup_context=_bidir_se
 def real_scan_op(x: Tensor, lam: Tensor, h0: Optional[Tensor], reverse: bool, backend: str
                  ) -> Tuple[Tensor, Tensor]:
     h, hN = get_backend(backend).real_forward(x, lam, h0, reverse)
-    return _out(h, x), _out(hN, _state_like(x))
+    return out_like(h, x), out_like(hN, _state_like(x))
 
 
 @real_scan_op.register_fake
@@ -148,7 +151,7 @@ def _(x, lam, h0, reverse, backend):
 def real_scan_backward_op(gh: Tensor, ghN: Optional[Tensor], x: Tensor, lam: Tensor,
                           h0: Optional[Tensor], reverse: bool, backend: str) -> List[Tensor]:
     dx, dlam, dh0 = get_backend(backend).real_backward(gh, ghN, x, lam, h0, reverse)
-    return [_out(dx, x), _out(dlam, lam), _out(dh0, h0 if h0 is not None else _state_like(x))]
+    return [out_like(dx, x), out_like(dlam, lam), out_like(dh0, h0 if h0 is not None else _state_like(x))]
 
 
 @real_scan_backward_op.register_fake

@@ -97,9 +97,6 @@ class HGRU(TokenMixer):
                 f"backend={self.backend!r}")
 
     # ------------------------------------------------------------------------------ pieces
-    def _phases(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-        return self.theta_forward, self.theta_reverse
-
     def _output(self, h: Tensor, gate: Tensor) -> Tensor:
         return self.out_proj(self.norm(h, gate, backend=self.backend))
 
@@ -114,9 +111,8 @@ class HGRU(TokenMixer):
             h = torch.ops.hgrn.hgru(core, lower_bound, self.theta_forward, self.theta_reverse,
                                     None, self.direction, self.backend)[0]
         else:
-            theta_forward, theta_reverse = self._phases()
-            h = hgru(core, lower_bound, theta_forward, theta_reverse, direction=self.direction,
-                     backend=self.backend)
+            h = hgru(core, lower_bound, self.theta_forward, self.theta_reverse,
+                     direction=self.direction, backend=self.backend)
         return self._output(h, gate)
 
     # ------------------------------------------------------------------ causal, with state
@@ -133,7 +129,7 @@ class HGRU(TokenMixer):
         self._require_causal("forward_with_state")
         check_tokens(x, self.dim, "HGRU")
         core, gate = self.in_proj(x)
-        h, final = hgru(core, lower_bound, *self._phases(), direction="forward",
+        h, final = hgru(core, lower_bound, self.theta_forward, None, direction="forward",
                         initial_state=state, return_final_state=True, backend=self.backend)
         return self._output(h, gate), self._split_state(final)
 
