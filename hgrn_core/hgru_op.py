@@ -25,7 +25,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .backends import get_backend, resolve_backend
+from .backends import get_backend, op_backend, resolve_backend
 from .backends.base import DIRECTIONS, compute_dtype
 from .checks import check_float, describe, values_checked
 from .ops import out_like
@@ -40,12 +40,6 @@ def _shapes(proj: Tensor, complex_valued: bool) -> Tuple[int, int, int, int]:
 
 def _state(proj: Tensor, W: int) -> Tensor:
     return proj.new_empty(proj.shape[0], W, dtype=compute_dtype(proj.dtype))
-
-
-def op_backend(name: str, device: torch.device) -> str:
-    """The backend an op runs: ``name``, or for ``"auto"`` the one ``resolve_backend``
-    picks for ``device`` at run time (the ops' own resolution, for TorchScript)."""
-    return resolve_backend(name, device).name if name == "auto" else name
 
 
 def _backward_backend(name: str) -> str:

@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backends import get_backend, resolve_backend
-from .hgru_op import op_backend
+from .backends import get_backend, op_backend, resolve_backend
 from .backends.base import compute_dtype
 from .checks import check_float
 from .ops import fresh

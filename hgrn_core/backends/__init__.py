@@ -95,6 +95,13 @@ def resolve_backend(name: str | None, device: torch.device) -> ScanBackend:
     return backend
 
 
+def op_backend(name: str, device: torch.device) -> str:
+    """The backend a custom op runs: ``name``, or for ``"auto"`` the one ``resolve_backend``
+    picks for ``device`` at run time (the ops' own resolution, for TorchScript, which calls
+    them directly)."""
+    return resolve_backend(name, device).name if name == "auto" else name
+
+
 def _usable(name: str, device: torch.device) -> bool:
     try:
         return get_backend(name).is_available(device)
@@ -116,4 +123,4 @@ register_backend("torch", TorchBackend())
 register_backend("triton", _load_triton)
 
 __all__ = ["ScanBackend", "register_backend", "list_backends", "get_backend",
-           "resolve_backend", "auto_backend_name", "triton_usable", "MIN_TRITON", "ENV_VAR"]
+           "resolve_backend", "op_backend", "auto_backend_name", "triton_usable", "MIN_TRITON", "ENV_VAR"]
