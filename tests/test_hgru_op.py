@@ -79,7 +79,7 @@ def _run(backend, proj, lb, tf, tr, h0, direction):
 @pytest.mark.parametrize("backend", ["torch", "reference"])
 @pytest.mark.parametrize("lb", ["rand", "zero", "none"])
 def test_outputs_and_gradients_match_the_spec_formula(complex_valued, direction, backend, lb):
-    case = _case(2, 9, 5, complex_valued, direction, lb=lb)
+    case = _case(2, 10, 5, complex_valued, direction, lb=lb)  # 10: chunks of 4, 2 padded
     leaves = [t for t in case if t is not None]
     h, hN = _run(backend, *case, direction)
     h_ref, hN_ref = _spec_formula(*case, direction)
@@ -88,6 +88,20 @@ def test_outputs_and_gradients_match_the_spec_formula(complex_valued, direction,
         torch.testing.assert_close(hN, hN_ref)
     for got, want in zip(_loss_grads(h, hN, leaves), _loss_grads(h_ref, hN_ref, leaves)):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("complex_valued", [True, False])
+@pytest.mark.parametrize("direction", DIRS)
+def test_every_length_and_chunking(complex_valued, direction):
+    """The torch path cuts the sequence into chunks of ceil(sqrt(N)) with padding after the
+    end: lengths 1..26 cover one chunk, exact multiples and every amount of padding."""
+    for N in range(1, 27):
+        case = _case(3, N, 4, complex_valued, direction, seed=N)
+        h, hN = _run("torch", *case, direction)
+        h_ref, hN_ref = _spec_formula(*case, direction)
+        torch.testing.assert_close(h, h_ref, msg=lambda m: f"N={N}: {m}")
+        if hN is not None:
+            torch.testing.assert_close(hN, hN_ref, msg=lambda m: f"N={N} final state: {m}")
 
 
 @pytest.mark.parametrize("complex_valued", [True, False])
