@@ -1,68 +1,62 @@
 """The ``torch`` backend: a chunked scan in plain PyTorch, for any device.
 
-The scan itself is ``chunked_scan.scan_in_place``: about 3 sqrt(N) ops, each on all chunks
-at once, over a time-major layout whose values are complex (the HGRU's state) or real. It
-never divides by a decay: products only shrink (lam <= 1), so long sequences with lam near
-0 or near 1 stay finite and accurate; a product that underflows to 0 is the right limit.
+The sequence is cut into chunks of C positions (C ~ sqrt(N)); every loop step below
+works on all chunks at once, a (B, N/C, D) slice:
 
-``hgru_forward`` (the HGRU op's forward) builds the scan's inputs straight from the
-projection in that layout, writing the gates into them (no separate gate tensors, no
-planes), and writes the output once; its backward is the base class's composition of the
-gates and ``linear_scan``, the same scan behind a batch-first, real-planes interface.
+1. a loop of C steps runs each chunk from a zero state and keeps only its end state;
+2. a loop of N/C steps carries the state across chunks, each chunk's total decay being
+   prod(lam) * e^{i theta C} (one vectorised product);
+3. a second loop of C steps re-runs each chunk from its carried state and writes the
+   outputs directly.
+
+That is about 3*sqrt(N) Python steps instead of N, and it never divides by a decay:
+products only shrink (lam <= 1), so long sequences with lam near 0 or near 1 stay finite
+and accurate; a product that underflows to 0 is the right limit.
+
+The complex state is kept as two real planes (real, imaginary) and every step works on
+slices: no full-size temporary is made besides the outputs. On a CPU a fresh full-size
+tensor costs new pages, which measured more than the arithmetic (and torch's complex
+dtype would need several such conversions per call).
 
 Gradients are hand-written (spec §5): the backward of a scan is the same scan run the
 other way over the output gradients, with conjugated decays shifted by one step.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .base import ScanBackend, compute_dtype
-from .chunked_scan import ChunkLayout, scan_in_place
 
 Planes = Tuple[Tensor, ...]  # (real,) or (real, imag)
 
 
-def _value_dtype(dt: torch.dtype, complex_valued: bool) -> torch.dtype:
-    if not complex_valued:
-        return dt
-    return torch.complex128 if dt == torch.float64 else torch.complex64
+def chunk_size_for(n: int) -> int:
+    """About sqrt(N), a power of two: balances the in-chunk and the carry loops."""
+    return max(1, 2 ** math.ceil(math.log2(max(n, 1)) / 2))
 
 
-def _planes(chunked: Tensor) -> Tensor:
-    """A real view (C, B, n_chunks, P, D) of chunked values: P = 2 planes (real, imaginary)
-    of a complex tensor, P = 1 of a real one."""
-    if chunked.is_complex():
-        return torch.view_as_real(chunked).transpose(-1, -2)
-    return chunked.unsqueeze(-2)
+def _step(x: Planes, lam: Tensor, cos: Optional[Tensor], sin: Optional[Tensor], prev: Planes,
+          out: Optional[Planes] = None, work: Optional[Planes] = None) -> Planes:
+    """One step on a slice: ``out = lam * (cos + i sin) * prev + x`` (real: ``lam * prev + x``).
 
-
-def _decays(layout: ChunkLayout, lam: Tensor, theta: Optional[Tensor]) -> Tensor:
-    """``lam e^{i theta}`` (``lam`` when theta is None) in the chunked layout, from ``lam``
-    (B, N, D); 1 in the padding."""
-    B, _, D = lam.shape
-    a = layout.empty(B, D, dtype=_value_dtype(lam.dtype, theta is not None), device=lam.device)
-    if theta is None:
-        for part, l in layout.pairs((a,), (lam,)):
-            part.copy_(l)
-    else:
-        re_im = torch.view_as_real(a)
-        factors = (torch.cos(theta), torch.sin(theta))
-        for plane, factor in enumerate(factors):
-            for part, l in layout.pairs((re_im[..., plane],), (lam,)):
-                torch.mul(l, factor, out=part)
-    layout.fill_padding(a, 1.0)
-    return a
-
-
-def _state_value(h0: Optional[Planes]) -> Optional[Tensor]:
-    if h0 is None:
-        return None
-    return torch.complex(*h0) if len(h0) == 2 else h0[0]
+    Results go into buffers made beforehand (``out``; ``work`` holds two slice-sized
+    buffers for the decays) and are built with in-place ops: on a CPU a fresh slice-sized
+    tensor per step costs new pages, and an out= op into a strided slice computes into a
+    temporary first; either measured several times the arithmetic."""
+    out = tuple(p.clone() for p in x) if out is None else tuple(o.copy_(p) for o, p in zip(out, x))
+    if len(x) == 1:
+        return (out[0].addcmul_(lam, prev[0]),)
+    a, b = work if work is not None else (None, None)
+    a = torch.mul(lam, cos, out=a)
+    b = torch.mul(lam, sin, out=b)
+    re, im = out
+    re.addcmul_(a, prev[0]).addcmul_(b, prev[1], value=-1)
+    im.addcmul_(a, prev[1]).addcmul_(b, prev[0])
+    return re, im
 
 
 def linear_scan(x: Planes, lam: Tensor, theta: Optional[Tensor], h0: Optional[Planes],
@@ -74,20 +68,64 @@ def linear_scan(x: Planes, lam: Tensor, theta: Optional[Tensor], h0: Optional[Pl
     Returns the planes of ``h`` (B, N, D) and of the final state (B, D).
     """
     B, N, D = lam.shape
-    layout = ChunkLayout(N, chunk)
-    values = layout.empty(B, D, dtype=_value_dtype(lam.dtype, theta is not None),
-                          device=lam.device)
-    for plane, p in enumerate(x):
-        for part, q in layout.pairs((_planes(values)[..., plane, :],), (p,)):
-            part.copy_(q)
-    layout.fill_padding(values, 0.0)
-    h = scan_in_place(values, _decays(layout, lam, theta), _state_value(h0), reverse)
-    out = tuple(torch.empty_like(lam) for _ in x)
-    for plane, p in enumerate(out):
-        for part, q in layout.pairs((_planes(h)[..., plane, :],), (p,)):
-            q.copy_(part)
-    last = _planes(layout.last(h, reverse).unsqueeze(1))[:, 0]  # (B, P, D)
-    return out, tuple(last[:, plane].clone() for plane in range(len(x)))
+    C = chunk or chunk_size_for(N)
+    n_chunks = -(-N // C)
+    pad = n_chunks * C - N
+    if pad:
+        # Padding goes after the last position in scan order (the end of a forward scan, the
+        # start of a reverse one), so the initial state still enters at the first real
+        # position; padded outputs are dropped, the final state is read at the last real one.
+        def padded(t):
+            z = t.new_zeros(B, pad, D)
+            return torch.cat([z, t] if reverse else [t, z], 1)
+        x, lam = tuple(padded(p) for p in x), padded(lam)
+    xc = tuple(p.reshape(B, n_chunks, C, D) for p in x)
+    lc = lam.reshape(B, n_chunks, C, D)
+    cos = sin = None
+    if theta is not None:
+        cos, sin = torch.cos(theta), torch.sin(theta)
+    steps = list(range(C - 1, -1, -1)) if reverse else list(range(C))
+
+    def at(j):
+        return tuple(p[:, :, j] for p in xc)
+
+    def slices(n):
+        return tuple(lam.new_empty(B, n_chunks, D) for _ in range(n))
+
+    work = slices(2) if theta is not None else None
+    if n_chunks == 1:
+        state_in = None if h0 is None else tuple(p.unsqueeze(1) for p in h0)
+    else:
+        # 1. each chunk's end state from a zero state (two buffers, used in turn)
+        end, buffers = at(steps[0]), (slices(len(x)), slices(len(x)))
+        for n, j in enumerate(steps[1:]):
+            end = _step(at(j), lc[:, :, j], cos, sin, end, buffers[n % 2], work)
+        # 2. the state entering each chunk; a chunk's decay is prod(lam) e^{i theta C}
+        total = lc.prod(dim=2)
+        tc = ts = None
+        if theta is not None:
+            tc, ts = torch.cos(theta * C), torch.sin(theta * C)
+        state_in = tuple(torch.empty_like(p) for p in end)
+        state = h0 if h0 is not None else tuple(lam.new_zeros(B, D) for _ in x)
+        for k in (range(n_chunks - 1, -1, -1) if reverse else range(n_chunks)):
+            for p, s in zip(state_in, state):
+                p[:, k] = s
+            state = _step(tuple(p[:, k] for p in end), total[:, k], tc, ts, state)
+    # 3. every chunk again, from its entering state, writing the outputs
+    h = tuple(torch.empty(B, n_chunks, C, D, dtype=lam.dtype, device=lam.device) for _ in x)
+    prev = state_in
+    for j in steps:
+        here = tuple(p[:, :, j] for p in h)
+        if prev is None:
+            for p, q in zip(here, at(j)):
+                p.copy_(q)
+        else:
+            _step(at(j), lc[:, :, j], cos, sin, prev, here, work)
+        prev = here
+    h = tuple(p.reshape(B, n_chunks * C, D) for p in h)
+    if pad:
+        h = tuple(p[:, pad:] if reverse else p[:, :N] for p in h)
+    return h, tuple(p[:, 0] if reverse else p[:, -1] for p in h)
 
 
 def _shifted(lam: Tensor, reverse: bool) -> Tensor:
@@ -208,44 +246,6 @@ class TorchBackend(ScanBackend):
             p += q
         dlam += dlam_r
         return df[0], df[1], dlam, dtf, dtr
-
-    def hgru_forward(self, proj, lower_bound, theta_f, theta_r, h0, direction):
-        """The gates written straight into the scan's chunked inputs, in place where a
-        buffer is free (on a CPU a fresh full-size tensor costs more than an op on it):
-        lam, then each direction's decays, then 1 - lam over lam, then x = (1 - lam)
-        SiLU(c); each scan writes its states over its decays; one pass writes ``h``."""
-        complex_ = theta_f is not None or theta_r is not None
-        B, N, P = proj.shape
-        d = P // (3 if complex_ else 2)
-        W, dt = P - d, compute_dtype(proj.dtype)
-        layout = ChunkLayout(N)
-        lam = torch.sigmoid(proj[..., W:].to(dt))
-        if lower_bound is not None:  # gamma + (1 - gamma) s, in one pass
-            lb = lower_bound.to(dt)
-            torch.addcmul(lb, lam, 1 - lb, out=lam)
-        scans = [(theta, reverse) for theta, reverse, names in
-                 ((theta_f, False, ("forward", "both")), (theta_r, True, ("reverse", "both")))
-                 if direction in names]
-        decays = [_decays(layout, lam, theta) for theta, _ in scans]
-        silu_c = F.silu(proj[..., :W].to(dt)).unflatten(-1, (W // d, d))  # contiguous: fast
-        values = layout.empty(B, d, dtype=_value_dtype(dt, complex_), device=proj.device)
-        for part, c_part, l_part in layout.pairs((_planes(values),), (silu_c, lam.unsqueeze(-2))):
-            torch.addcmul(c_part, c_part, l_part, value=-1, out=part)  # (1 - lam) SiLU(c)
-        layout.fill_padding(values, 0.0)
-        h0 = None if h0 is None else _state_value(h0.to(dt).chunk(W // d, -1))
-        states = [scan_in_place(values, a, h0, reverse) for a, (_, reverse) in zip(decays, scans)]
-        h = proj.new_empty(B, N, W)
-        natural = h.unflatten(-1, (W // d, d))
-        for parts in layout.pairs(tuple(_planes(s) for s in states), (natural,)):
-            *scanned, out = parts
-            if len(scanned) == 2:
-                torch.add(*scanned, out=out)
-            else:
-                out.copy_(scanned[0])
-        if direction == "both":
-            return h, None
-        last = _planes(layout.last(states[0], scans[0][1]).unsqueeze(1))[:, 0]  # (B, P, d)
-        return h, last.reshape(B, W)
 
     def real_forward(self, x, lam, h0, reverse):
         dt = compute_dtype(x.dtype)
