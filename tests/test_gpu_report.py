@@ -237,6 +237,13 @@ def test_measure_model_on_cpu(monkeypatch):
                         ("hgrn_deit_tiny", {"no_such_argument": 1}, 14, "bad"))
     bad = gpu_report.measure_model("toy_bad", 28, 2, ("infer", "train"), 0, 1, torch.device("cpu"))
     assert [r["status"] for r in bad] == ["error", "error"] and "no_such_argument" in bad[0]["error"]
+    # the report's diagnostic side (the HGRU without its recurrence) builds and runs
+    name, kwargs, patch, _ = gpu_report.MODELS["hgrn_deit_small_no_recurrence"]
+    monkeypatch.setitem(gpu_report.MODELS, "toy_no_recurrence",
+                        (name, {**kwargs, "depth": 1, "num_classes": 10}, patch, "toy"))
+    diag = gpu_report.measure_model("toy_no_recurrence", 28, 2, ("infer",), 0, 1,
+                                    torch.device("cpu"))
+    assert diag[0]["status"] == "ok", diag
 
 
 def test_collect_goes_on_after_a_failed_phase(monkeypatch, tmp_path):

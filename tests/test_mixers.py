@@ -158,3 +158,19 @@ def test_mixer_bad_input():
         m(torch.randn(2, 5, 8, 1))
     with pytest.raises(RuntimeError, match="needs a causal mixer"):
         m.step(torch.randn(2, 8))
+
+
+def test_hgru_without_recurrence_is_the_hgru_minus_its_scan():
+    """The benchmark diagnostic keeps the HGRU's parameters (same state dict) and computes
+    out_proj(norm_gate(c, gate)): everything but the recurrence."""
+    torch.manual_seed(0)
+    hgru = HGRU(8)
+    diag = create_mixer("hgru_no_recurrence", 8)
+    assert diag.load_state_dict(hgru.state_dict()).missing_keys == []
+    x = torch.randn(2, 5, 8)
+    core, gate = hgru.in_proj(x)
+    expected = hgru.out_proj(hgru.norm(core[..., :16], gate))
+    torch.testing.assert_close(diag(x), expected)
+    assert not torch.allclose(hgru(x), diag(x))
+    with pytest.raises(RuntimeError, match="no state"):
+        diag.forward_with_state(x)

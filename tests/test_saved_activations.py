@@ -113,3 +113,32 @@ def test_ratio_hgrn_tiny_vs_deit_patch14(tmp_path, capsys):
 def test_compare_without_reference():
     rows = sa.compare({"hgrn_deit_small": {"mib_per_image": 10.0}})
     assert rows[0]["ratio"] is None and rows[0]["status"].startswith("not measured")
+
+
+def test_cpu_speed_rows_with_the_no_recurrence_bound(monkeypatch):
+    """The CPU speed rows: hgrn vs deit against the goal, and the ceiling measured by the
+    same model without its recurrence (run in-process here, at a tiny size)."""
+    monkeypatch.setattr(benchmark, "run_case_subprocess", lambda case, timeout: benchmark.run_case(case))
+    rows = sa.cpu_speed(rounds=1, threads=1, warmup=0, iters=1, points=((112, 1, 0.8),))
+    (row,) = rows
+    assert row["hgrn_img_per_s"] > 0 and row["deit_img_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["hgrn_img_per_s"] / row["deit_img_per_s"])
+    assert row["status"] == ("holds" if row["ratio"] >= 0.8 else "falls short")
+    assert row["bound_ratio"] is not None and row["bound_ratio"] > 0
+    assert "without the recurrence" in sa.format_speed(rows)
+
+
+def test_model_spec_passes_constructor_arguments():
+    from hgrn_core import HGRU
+    try:
+        from hgrn_tools.model_factory import create_model, parse_model_spec
+    except ImportError:
+        from tools.model_factory import create_model, parse_model_spec
+    assert parse_model_spec("m:a=1,b=0.5,c=True,d=x") == ("m", dict(a=1, b=0.5, c=True, d="x"))
+    assert parse_model_spec("m") == ("m", {})
+    with pytest.raises(ValueError, match="expected name:key=value"):
+        parse_model_spec("m:oops")
+    model = create_model("hgrn_deit_tiny:mixer=hgru_no_recurrence,depth=2", 32)
+    assert len(model.blocks) == 2
+    assert type(model.blocks[0].mixer).__name__ == "HGRUWithoutRecurrence"
+    assert isinstance(model.blocks[0].mixer, HGRU)

@@ -413,7 +413,10 @@ def plot(results: List[Dict[str, Any]], path: str, title: str = "") -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hgrn-benchmark", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["hgrn_deit_tiny", "deit_tiny_patch16_224"])
+    p.add_argument("--models", nargs="+", default=["hgrn_deit_tiny", "deit_tiny_patch16_224"],
+                   help="timm model names; NAME:key=value,... passes constructor arguments, "
+                        "e.g. hgrn_deit_tiny:mixer=hgru_no_recurrence (the HGRU without its "
+                        "recurrence: the most any scan implementation can reach)")
     p.add_argument("--img-size", type=int, nargs="+", default=[224])
     p.add_argument("--batch-size", nargs="+", default=["32"],
                    help="batch sizes; SIZE=B sets the batch for one image size only")

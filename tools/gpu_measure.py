@@ -41,6 +41,10 @@ MODELS: Dict[str, Tuple[str, Dict[str, Any], int, str]] = {
     "deit_small_p14": ("deit_small_patch16_224", {"patch_size": 14}, 14,
                        "deit_small_patch16_224 at patch 14"),
     "deit_small_patch16_224": ("deit_small_patch16_224", {}, 16, "deit_small_patch16_224"),
+    # diagnostic: everything but the recurrence (hgrn_core.mixers.hgru_no_recurrence), the
+    # ceiling of any scan kernel; the "scan replaced by a no-op" row
+    "hgrn_deit_small_no_recurrence": ("hgrn_deit_small", {"mixer": "hgru_no_recurrence"}, 14,
+                                      "hgrn_deit_small without its recurrence (diagnostic)"),
     "hgrn_deit_tiny": ("hgrn_deit_tiny", {}, 14, "hgrn_deit_tiny"),
     "deit_tiny_patch16_224": ("deit_tiny_patch16_224", {}, 16, "deit_tiny_patch16_224"),
 }

@@ -141,7 +141,8 @@ class Budget:
 
 def goal_model_points(plan: Plan) -> List[Tuple[str, int, int]]:
     pts = [(label, plan.size, plan.batch)
-           for label in ("hgrn_deit_small", "deit_small_p14", "deit_small_patch16_224")]
+           for label in ("hgrn_deit_small", "deit_small_p14", "deit_small_patch16_224",
+                         "hgrn_deit_small_no_recurrence")]
     for size, batch, _ in plan.tiny_points:
         pts += [("hgrn_deit_tiny", size, batch), ("deit_tiny_patch16_224", size, batch)]
     return pts

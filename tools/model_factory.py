@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -22,11 +22,38 @@ def import_plugins(extra: Iterable[str] = ()) -> List[str]:
     return notes
 
 
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+def parse_model_spec(spec: str) -> Tuple[str, Dict[str, object]]:
+    """``"name"`` or ``"name:key=value,key=value"`` (a model with constructor arguments,
+    e.g. ``hgrn_deit_tiny:mixer=hgru_no_recurrence``) -> (name, kwargs); values are ints,
+    floats, True/False/None or strings."""
+    name, _, args = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, args.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"model {spec!r}: expected name:key=value[,key=value...], "
+                             f"got {item!r}")
+        kwargs[key.strip()] = _value(value.strip())
+    return name, kwargs
+
+
 def create_model(name: str, img_size: Optional[int] = None, backend: Optional[str] = None,
                  **kwargs) -> torch.nn.Module:
-    """A timm model by name, built for ``img_size`` where the model takes that argument
-    (ViTs / HGRN; convnets take any size), without pretrained weights."""
+    """A timm model by name (or ``name:key=value,...``, ``parse_model_spec``), built for
+    ``img_size`` where the model takes that argument (ViTs / HGRN; convnets take any size),
+    without pretrained weights."""
     import timm
+    name, spec_kwargs = parse_model_spec(name)
+    kwargs = {**spec_kwargs, **kwargs}
     if backend and name.startswith("hgrn"):
         kwargs.setdefault("mixer_backend", backend)
     if img_size is not None:

@@ -20,7 +20,9 @@ batch-4 minus batch-2 bytes, halved, like the total.
 
 ``--cpu-speed`` adds the CPU throughput goals (hgrn_deit_tiny vs deit_tiny, fp32, at
 224 / 448 / 896 px, batch 32 / 8 / 2, a fresh process per case, models interleaved: the
-``hgrn-benchmark`` code and the protocol of docs/benchmarks.md).
+``hgrn-benchmark`` code and the protocol of docs/benchmarks.md), and beside each the same
+ratio for hgrn_deit_tiny without its recurrence (``mixer=hgru_no_recurrence``): the most
+that any scan implementation could reach there.
 """
 from __future__ import annotations
 
@@ -52,6 +54,9 @@ MODELS: Dict[str, Tuple[str, Dict[str, Any], Optional[str]]] = {
 DISPLAY = {"deit_small_p14": "deit_small_patch16_224 at patch 14",
            "deit_tiny_p14": "deit_tiny_patch16_224 at patch 14"}
 CPU_SPEED_POINTS = ((224, 32, 0.8), (448, 8, 1.0), (896, 2, 2.0))  # size, batch, goal
+# hgrn_deit_tiny with its recurrence removed (hgrn_core.mixers.hgru_no_recurrence): the
+# ceiling of any scan implementation, measured beside the goals
+NO_RECURRENCE = "hgrn_deit_tiny:mixer=hgru_no_recurrence"
 
 
 # -------------------------------------------------------------------------- the measure
@@ -241,7 +246,7 @@ def cpu_speed(rounds: int = 2, threads: Optional[int] = None, warmup: int = 2, i
         from . import benchmark
     except ImportError:
         import benchmark  # type: ignore
-    models = ("hgrn_deit_tiny", "deit_tiny_patch16_224")
+    models = ("hgrn_deit_tiny", "deit_tiny_patch16_224", NO_RECURRENCE)
     raw = []
     for r in range(rounds):
         for size, batch, _ in points:
@@ -258,13 +263,17 @@ def cpu_speed(rounds: int = 2, threads: Optional[int] = None, warmup: int = 2, i
     for size, batch, goal in points:
         a = next((x for x in agg if x["model"] == models[0] and x["img_size"] == size), None)
         b = next((x for x in agg if x["model"] == models[1] and x["img_size"] == size), None)
+        c = next((x for x in agg if x["model"] == models[2] and x["img_size"] == size), None)
         row = dict(img_size=size, batch=batch, goal=goal, hgrn_img_per_s=None, deit_img_per_s=None,
-                   ratio=None, status="not measured")
+                   ratio=None, status="not measured", bound_ratio=None)
         if a and b and a.get("img_per_s") and b.get("img_per_s"):
             row.update(hgrn_img_per_s=a["img_per_s"], deit_img_per_s=b["img_per_s"],
                        hgrn_rounds=a.get("img_per_s_rounds"), deit_rounds=b.get("img_per_s_rounds"),
                        ratio=a["img_per_s"] / b["img_per_s"])
             row["status"] = "holds" if row["ratio"] >= goal else "falls short"
+        if b and c and b.get("img_per_s") and c.get("img_per_s"):
+            # the same model without its recurrence: the most any scan could reach
+            row["bound_ratio"] = c["img_per_s"] / b["img_per_s"]
         rows.append(row)
     return rows
 
@@ -296,9 +305,11 @@ def format_speed(rows: Sequence[Dict[str, Any]]) -> str:
         if r["ratio"] is None:
             out.append(f"  {r['img_size']} px batch {r['batch']}: not measured")
             continue
+        bound = ("" if r.get("bound_ratio") is None else
+                 f"; without the recurrence {r['bound_ratio']:.2f}x")
         out.append(f"  {r['img_size']:>4} px batch {r['batch']:>2}: {r['hgrn_img_per_s']:7.2f} / "
                    f"{r['deit_img_per_s']:7.2f} img/s = {r['ratio']:.2f}x  (goal >= {r['goal']:g}x: "
-                   f"{r['status']})")
+                   f"{r['status']}{bound})")
     return "\n".join(out)
 
 
