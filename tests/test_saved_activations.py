@@ -131,12 +131,14 @@ def test_cpu_speed_rows_with_the_no_recurrence_bound(monkeypatch):
 def test_model_spec_passes_constructor_arguments():
     from hgrn_core import HGRU
     try:
-        from hgrn_tools.model_factory import create_model, parse_model_spec
+        from hgrn_tools.model_factory import create_model, import_plugins, parse_model_spec
     except ImportError:
-        from tools.model_factory import create_model, parse_model_spec
-    assert parse_model_spec("m:a=1,b=0.5,c=True,d=x") == ("m", dict(a=1, b=0.5, c=True, d="x"))
+        from tools.model_factory import create_model, import_plugins, parse_model_spec
+    import_plugins()
+    assert parse_model_spec("m:a=1,b=0.5,c=True,d=x,e=None") == (
+        "m", dict(a=1, b=0.5, c=True, d="x", e=None))
     assert parse_model_spec("m") == ("m", {})
-    with pytest.raises(ValueError, match="expected name:key=value"):
+    with pytest.raises(ValueError, match="name:key=value.* takes KEY=VALUE items"):
         parse_model_spec("m:oops")
     model = create_model("hgrn_deit_tiny:mixer=hgru_no_recurrence,depth=2", 32)
     assert len(model.blocks) == 2

@@ -23,7 +23,6 @@ onnx packages: ``pip install 'hgrn[onnx]'``).
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import statistics
 import sys
@@ -36,6 +35,11 @@ if not __package__:  # run as ``python tools/export.py`` from a checkout: find h
         sys.path.insert(0, _root)
 
 import torch
+
+if __package__:  # installed as hgrn_tools
+    from .model_factory import parse_kwargs as parse_model_kwargs
+else:  # run as a script: its folder is on sys.path
+    from model_factory import parse_kwargs as parse_model_kwargs
 
 __all__ = ["main", "build_parser", "parse_model_kwargs", "check_parity"]
 
@@ -74,20 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads for torch and onnxruntime (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     return p
-
-
-def parse_model_kwargs(items: Sequence[str]) -> Dict[str, Any]:
-    """``["embed_dim=32", "mixer_backend=torch"]`` -> ``{"embed_dim": 32, "mixer_backend": "torch"}``."""
-    out: Dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--model-kwargs takes KEY=VALUE items, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
 
 
 def _fail(msg: str) -> int:

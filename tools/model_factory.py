@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import importlib
-from typing import Dict, Iterable, List, Optional, Tuple
+import ast
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,28 +23,29 @@ def import_plugins(extra: Iterable[str] = ()) -> List[str]:
     return notes
 
 
-def _value(text: str):
-    for kind in (int, float):
+def parse_kwargs(items: Sequence[str], what: str = "--model-kwargs") -> Dict[str, Any]:
+    """``["embed_dim=32", "mixer=hgru"]`` -> ``{"embed_dim": 32, "mixer": "hgru"}``: values
+    are Python literals where they parse as one (numbers, True/False/None, tuples), else
+    strings. ``what`` names the option in the error."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what} takes KEY=VALUE items, got {item!r}")
         try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"True": True, "False": False, "None": None}.get(text, text)
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
 
 
-def parse_model_spec(spec: str) -> Tuple[str, Dict[str, object]]:
+def parse_model_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
     """``"name"`` or ``"name:key=value,key=value"`` (a model with constructor arguments,
-    e.g. ``hgrn_deit_tiny:mixer=hgru_no_recurrence``) -> (name, kwargs); values are ints,
-    floats, True/False/None or strings."""
+    e.g. ``hgrn_deit_tiny:mixer=hgru_no_recurrence``) -> (name, kwargs); values as in
+    ``parse_kwargs`` (without commas)."""
     name, _, args = spec.partition(":")
-    kwargs = {}
-    for item in filter(None, args.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"model {spec!r}: expected name:key=value[,key=value...], "
-                             f"got {item!r}")
-        kwargs[key.strip()] = _value(value.strip())
-    return name, kwargs
+    return name, parse_kwargs([a for a in args.split(",") if a],
+                              f"model {spec!r}: name:key=value[,key=value...]")
 
 
 def create_model(name: str, img_size: Optional[int] = None, backend: Optional[str] = None,
