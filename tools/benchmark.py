@@ -21,9 +21,10 @@
 * A case that fails (out of memory, bad size, crash, timeout) is recorded with its error
   and the sweep goes on. The exit status is 0 when at least one case succeeded.
 * Reports: ``--report gpu OUTDIR [--quick]`` (every GPU goal of issue 9 in one run,
-  ``gpu_report.py``), ``--report saved-activations [OUTDIR] [--cpu-speed]`` (the CPU
-  activation-memory measure, ``saved_activations.py``); the arguments after the report's
-  name go to that report (``--report gpu --help``).
+  ``gpu_report.py``), ``--report tune-hgru OUTDIR`` (the fused HGRU kernel's launch
+  configurations on a GPU, ``tune_hgru.py``), ``--report saved-activations [OUTDIR]
+  [--cpu-speed]`` (the CPU activation-memory measure, ``saved_activations.py``); the
+  arguments after the report's name go to that report (``--report gpu --help``).
 """
 from __future__ import annotations
 
@@ -448,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # report name -> module (in tools/, installed as hgrn_tools) whose main(argv) runs it
-REPORTS = {"gpu": "gpu_report", "saved-activations": "saved_activations"}
+REPORTS = {"gpu": "gpu_report", "saved-activations": "saved_activations", "tune-hgru": "tune_hgru"}
 
 
 def run_report(argv: Sequence[str]) -> Optional[int]:
