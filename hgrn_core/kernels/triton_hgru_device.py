@@ -6,7 +6,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
-from triton.language.standard import _sum_combine
+try:  # Triton's own: its interpreter recognises it and sums with numpy (tests run fast)
+    from triton.language.standard import _sum_combine
+except ImportError:  # a private name: a Triton without it gets the same function
+    @triton.jit
+    def _sum_combine(a, b):
+        return a + b
 
 
 # ------------------------------------------------------------------------------ device helpers
