@@ -206,11 +206,9 @@ def format_markdown(result: Dict[str, Any]) -> str:
            "## Best per pass and shape", "",
            "| pass | shape | config | ms | GB/s | of copy |", "|---|---|---|---|---|---|"]
     for r in result.get("best", []):
+        frac = f"{100 * r['fraction_of_copy']:.0f}%" if r.get("fraction_of_copy") else "-"
         out.append(f"| {r['pass_']} | {tuple(r['shape'])} | {_cfg(r['config'])} | "
-                   f"{r['ms']:.3f} | {r['gb_per_s']:.0f} | "
-                   f"{100 * r['fraction_of_copy']:.0f}% |" if r.get("fraction_of_copy") else
-                   f"| {r['pass_']} | {tuple(r['shape'])} | {_cfg(r['config'])} | "
-                   f"{r['ms']:.3f} | {r['gb_per_s']:.0f} | - |")
+                   f"{r['ms']:.3f} | {r['gb_per_s']:.0f} | {frac} |")
     out += ["", "## Every configuration", "", "```"]
     out += [_row_line(r) for r in result["rows"]]
     out += ["```"]
