@@ -53,6 +53,10 @@ def test_budget_and_cli(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert tune_hgru.main([str(tmp_path / "x")]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
+    partial = []
+    tune_hgru.sweep(dataclasses.replace(SMALL, block_t=(2,)), CPU, log=lambda s: None,
+                    checkpoint=lambda r: partial.append(len(r["rows"])))
+    assert partial == [1, 2]  # after every row: forward, then backward
     assert tune_hgru.main([str(tmp_path / "out"), "--cpu-smoke", "--budget", "0"]) == 0
     data = json.loads((tmp_path / "out" / "tune_hgru.json").read_text())
     assert data["plan"]["name"] == "cpu-smoke" and data["rows"]

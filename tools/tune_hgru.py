@@ -16,7 +16,8 @@ with BLOCK_D = 32 VEC and one warp per program (the layout of docs/triton.md) --
   dc, dmu; 2 bytes each) against a device-to-device copy timed in the same run.
 
 It prints one row per configuration and the best per pass and shape, and writes
-tune_hgru.json and tune_hgru.md into OUTDIR. To adopt a configuration, change GPU_FWD /
+tune_hgru.json and tune_hgru.md into OUTDIR (after every row, so a run stopped from outside
+leaves what it measured). To adopt a configuration, change GPU_FWD /
 GPU_BWD in hgrn_core/kernels/triton_hgru.py (and run tests/test_triton_hgru.py on the GPU).
 A time budget (``--budget``, default 240 s) skips what does not fit; skipped rows say so.
 ``--cpu-smoke`` runs the same code on the CPU in Triton's interpreter with tiny shapes
@@ -116,7 +117,9 @@ def _defaults(kernels, device) -> Dict[str, Dict[str, Any]]:
     return {"forward": dict(fwd), "backward": dict(bwd)}
 
 
-def sweep(plan: Plan, device, log=print) -> Dict[str, Any]:
+def sweep(plan: Plan, device, log=print, checkpoint=None) -> Dict[str, Any]:
+    """Every row of the plan; ``checkpoint(result)`` after each (the CLI writes the report
+    so far, so that a run killed from outside still leaves one)."""
     import torch
     from hgrn_core.kernels import triton_hgru as kernels
 
@@ -161,6 +164,8 @@ def sweep(plan: Plan, device, log=print) -> Dict[str, Any]:
                     row.update(status="error", error=f"{type(err).__name__}: {str(err)[:300]}")
                 result["rows"].append(row)
                 log(_row_line(row))
+                if checkpoint is not None:
+                    checkpoint(dict(result, best=best_configs(result["rows"])))
             del reference
         del inputs
         if device.type == "cuda":
@@ -254,7 +259,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device, plan = torch.device("cuda"), PLANS["quick" if args.quick else "full"]
     if args.budget is not None:
         plan = dataclasses.replace(plan, budget_s=args.budget)
-    result = sweep(plan, device, log=lambda s: print(s, file=sys.stderr, flush=True))
+    result = sweep(plan, device, log=lambda s: print(s, file=sys.stderr, flush=True),
+                   checkpoint=lambda partial: write(partial, args.outdir))
     print(format_markdown(result))
     for path in write(result, args.outdir):
         print(f"wrote {path}", file=sys.stderr)
