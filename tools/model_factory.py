@@ -1,8 +1,8 @@
 """Building timm models by name for the report tools (flops, benchmark)."""
 from __future__ import annotations
 
-import importlib
 import ast
+import importlib
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
