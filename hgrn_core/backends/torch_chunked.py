@@ -44,18 +44,17 @@ def _step(x: Planes, lam: Tensor, cos: Optional[Tensor], sin: Optional[Tensor], 
     """One step on a slice: ``out = lam * (cos + i sin) * prev + x`` (real: ``lam * prev + x``).
 
     Results go into buffers made beforehand (``out``; ``work`` holds two slice-sized
-    buffers for the decays) and are built with in-place ops: on a CPU a fresh slice-sized
-    tensor per step costs new pages, and an out= op into a strided slice computes into a
-    temporary first; either measured several times the arithmetic."""
-    out = tuple(p.clone() for p in x) if out is None else tuple(o.copy_(p) for o, p in zip(out, x))
+    buffers for the decays): on a CPU a fresh slice-sized tensor per step costs new pages.
+    The first product of each plane is written with ``out=`` (no copy of ``x`` first)."""
+    if out is None:
+        out = tuple(torch.empty_like(p) for p in x)
     if len(x) == 1:
-        return (out[0].addcmul_(lam, prev[0]),)
+        return (torch.addcmul(x[0], lam, prev[0], out=out[0]),)
     a, b = work if work is not None else (None, None)
     a = torch.mul(lam, cos, out=a)
     b = torch.mul(lam, sin, out=b)
-    re, im = out
-    re.addcmul_(a, prev[0]).addcmul_(b, prev[1], value=-1)
-    im.addcmul_(a, prev[1]).addcmul_(b, prev[0])
+    re = torch.addcmul(x[0], a, prev[0], out=out[0]).addcmul_(b, prev[1], value=-1)
+    im = torch.addcmul(x[1], a, prev[1], out=out[1]).addcmul_(b, prev[0])
     return re, im
 
 
