@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -40,9 +41,10 @@ if not __package__:  # run as ``python tools/tune_hgru.py`` from a checkout: fin
         sys.path.insert(0, _root)
 
 if __package__:
-    from .gpu_measure import MIB, copy_bandwidth, environment, time_op
+    from .gpu_measure import MIB, _cleanup, _err, copy_bandwidth, environment, is_oom, time_op
 else:
-    from gpu_measure import MIB, copy_bandwidth, environment, time_op  # type: ignore
+    from gpu_measure import (MIB, _cleanup, _err, copy_bandwidth, environment,  # type: ignore
+                             is_oom, time_op)
 
 PASSES = ("forward", "backward")
 BYTES_PER_TOKEN_CHANNEL = {"forward": 5, "backward": 8}  # values of the activation dtype
@@ -120,7 +122,6 @@ def _defaults(kernels, device) -> Dict[str, Dict[str, Any]]:
 def sweep(plan: Plan, device, log=print, checkpoint=None) -> Dict[str, Any]:
     """Every row of the plan; ``checkpoint(result)`` after each (the CLI writes the report
     so far, so that a run killed from outside still leaves one)."""
-    import torch
     from hgrn_core.kernels import triton_hgru as kernels
 
     deadline = time.monotonic() + plan.budget_s
@@ -131,13 +132,14 @@ def sweep(plan: Plan, device, log=print, checkpoint=None) -> Dict[str, Any]:
         result["copy"] = copy_bandwidth(plan.copy_bytes, device, plan.warmup, max(plan.iters, 3))
         log(f"device-to-device copy: {result['copy']['gb_per_s']:.0f} GB/s")
     except Exception as err:  # noqa: BLE001 - the sweep goes on without the fraction
-        result["copy"] = {"status": "error", "error": f"{type(err).__name__}: {err}"}
+        result["copy"] = {"status": "error", "error": _err(err)}
     copy_gbs = result["copy"].get("gb_per_s")
     for shape in plan.shapes:
         B, N, d = shape
         inputs = _inputs(shape, device)
         for pass_name in PASSES:
-            reference = _run_pass(kernels, pass_name, *inputs)  # the default configuration
+            run = functools.partial(_run_pass, kernels, pass_name, *inputs)
+            reference = run()  # the default configuration
             nbytes = BYTES_PER_TOKEN_CHANNEL[pass_name] * B * N * d * inputs[0].element_size()
             for cfg in configs(plan):
                 row = dict(pass_=pass_name, shape=list(shape), config=cfg, min_bytes=nbytes,
@@ -150,26 +152,23 @@ def sweep(plan: Plan, device, log=print, checkpoint=None) -> Dict[str, Any]:
                           for k, v in cfg.items()}
                 try:
                     with kernels.override_config(**forced):
-                        row["disagreement"] = _disagreement(
-                            _run_pass(kernels, pass_name, *inputs), reference)
+                        row["disagreement"] = _disagreement(run(), reference)
                         if row["disagreement"] > plan.tolerance:
                             row["status"] = "mismatch"
                         else:
-                            ms = time_op(lambda: _run_pass(kernels, pass_name, *inputs),
-                                         plan.warmup, plan.iters, device)
+                            ms = time_op(run, plan.warmup, plan.iters, device)
                             row.update(ms=ms, gb_per_s=nbytes / ms / 1e6)
                             if copy_gbs:
                                 row["fraction_of_copy"] = row["gb_per_s"] / copy_gbs
                 except Exception as err:  # noqa: BLE001 - a config that fails to launch is a row
-                    row.update(status="error", error=f"{type(err).__name__}: {str(err)[:300]}")
+                    row.update(status="oom" if is_oom(err) else "error", error=_err(err))
                 result["rows"].append(row)
                 log(_row_line(row))
                 if checkpoint is not None:
                     checkpoint(dict(result, best=best_configs(result["rows"])))
-            del reference
+            del reference, run
         del inputs
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        _cleanup(device)
     result["best"] = best_configs(result["rows"])
     return result
 
