@@ -408,7 +408,7 @@ def _hgru_bwd_kernel(
                 pe = pbase
             else:
                 is_end = seg == n_seg - 1
-                pe = pbase + (N - 1).to(tl.int64) * sp_n
+                pe = pbase + tl.cast(N - 1, tl.int64) * sp_n
             if is_end:
                 mu_e = tl.load(pe + W + offs_d, mask=md, other=0.0).to(ACC)
                 s_e, oms_e = _sig(mu_e, FAST)
