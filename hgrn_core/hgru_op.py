@@ -25,7 +25,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .backends import get_backend, op_backend, resolve_backend
+from .backends import chosen_automatically, get_backend, op_backend, resolve_backend, run_backend
 from .backends.base import DIRECTIONS, compute_dtype
 from .checks import check_float, describe, values_checked
 from .ops import out_like
@@ -42,9 +42,9 @@ def _state(proj: Tensor, W: int) -> Tensor:
     return proj.new_empty(proj.shape[0], W, dtype=compute_dtype(proj.dtype))
 
 
-def _backward_backend(name: str) -> str:
+def _for_backward(backend):
     # the reference loop has no backward formulas (see the module docstring)
-    return "torch" if name == "reference" else name
+    return get_backend("torch") if backend.name == "reference" else backend
 
 
 @torch.library.custom_op("hgrn::hgru", mutates_args=())
@@ -52,8 +52,8 @@ def hgru_op(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[Tenso
             theta_r: Optional[Tensor], h0: Optional[Tensor], direction: str, backend: str
             ) -> Tuple[Tensor, Tensor]:
     B, N, W, d = _shapes(proj, theta_f is not None or theta_r is not None)
-    h, hN = get_backend(op_backend(backend, proj.device)).hgru_forward(
-        proj, lower_bound, theta_f, theta_r, h0, direction)
+    h, hN = run_backend(backend, proj.device, lambda impl: impl.hgru_forward(
+        proj, lower_bound, theta_f, theta_r, h0, direction))
     state = _state(proj, W)
     return out_like(h, proj), out_like(hN, state)
 
@@ -69,9 +69,8 @@ def hgru_backward_op(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
                      lower_bound: Optional[Tensor], theta_f: Optional[Tensor],
                      theta_r: Optional[Tensor], h0: Optional[Tensor], direction: str,
                      backend: str) -> List[Tensor]:
-    name = _backward_backend(op_backend(backend, proj.device))
-    dproj, dlb, dtf, dtr, dh0 = get_backend(name).hgru_backward(
-        dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction)
+    dproj, dlb, dtf, dtr, dh0 = run_backend(backend, proj.device, lambda impl: _for_backward(
+        impl).hgru_backward(dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction))
     like = _fake_grads(proj, lower_bound, theta_f, theta_r, h0)
     return [out_like(g, l) for g, l in zip((dproj, dlb, dtf, dtr, dh0), like)]
 
@@ -91,7 +90,8 @@ def _(dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction, backend):
 
 def _setup(ctx, inputs, output):
     proj, lower_bound, theta_f, theta_r, h0, ctx.direction, backend = inputs
-    ctx.backend = op_backend(backend, proj.device)  # backward runs what forward resolved
+    # backward runs what forward resolved; an automatic choice stays automatic (its fallback)
+    ctx.backend = backend if chosen_automatically(backend) else op_backend(backend, proj.device)
     ctx.save_for_backward(proj, lower_bound, theta_f, theta_r, h0)
 
 
@@ -197,5 +197,8 @@ def hgru(proj: Tensor, lower_bound: Optional[Tensor] = None,
     impl = resolve_backend(backend, proj.device)
     tf = theta_forward if direction != "reverse" else None
     tr = theta_reverse if direction != "forward" else None
-    h, hN = impl.hgru(proj, lower_bound, tf, tr, h0, direction)
+    if chosen_automatically(backend):  # the op resolves "auto" itself, with its fallback
+        h, hN = hgru_op(proj, lower_bound, tf, tr, h0, direction, "auto")
+    else:
+        h, hN = impl.hgru(proj, lower_bound, tf, tr, h0, direction)
     return (h, hN) if return_final_state else h

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backends import get_backend, op_backend, resolve_backend
+from .backends import chosen_automatically, op_backend, resolve_backend, run_backend
 from .backends.base import compute_dtype
 from .checks import check_float
 from .ops import fresh
@@ -97,8 +97,8 @@ def _param_grad(g: Optional[Tensor], param: Optional[Tensor], like: Tensor) -> T
 @torch.library.custom_op("hgrn::norm_gate", mutates_args=())
 def norm_gate_op(h: Tensor, gate: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                  eps: float, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    y, mean, rstd = get_backend(op_backend(backend, h.device)).norm_gate_forward(
-        h, gate, weight, bias, eps)
+    y, mean, rstd = run_backend(backend, h.device, lambda impl: impl.norm_gate_forward(
+        h, gate, weight, bias, eps))
     acc = compute_dtype(h.dtype)
     stats = h.shape[:-1]
     return (fresh(y, h.dtype), fresh(mean.reshape(stats), acc),
@@ -116,8 +116,8 @@ def _(h, gate, weight, bias, eps, backend):
 def norm_gate_backward_op(dy: Tensor, h: Tensor, gate: Tensor, weight: Optional[Tensor],
                           bias: Optional[Tensor], mean: Tensor, rstd: Tensor, eps: float,
                           backend: str) -> List[Tensor]:
-    dh, dgate, dweight, dbias = get_backend(op_backend(backend, h.device)).norm_gate_backward(
-        dy, h, gate, weight, bias, mean, rstd, eps)
+    dh, dgate, dweight, dbias = run_backend(backend, h.device, lambda impl: impl.norm_gate_backward(
+        dy, h, gate, weight, bias, mean, rstd, eps))
     return [fresh(dh, h.dtype), fresh(dgate, gate.dtype),
             _param_grad(dweight, weight, h), _param_grad(dbias, bias, h)]
 
@@ -134,7 +134,8 @@ def _setup(ctx, inputs, output):
     h, gate, weight, bias, eps, backend = inputs
     _, mean, rstd = output
     ctx.save_for_backward(h, gate, weight, bias, mean, rstd)
-    ctx.eps, ctx.backend = eps, op_backend(backend, h.device)  # backward runs the same
+    ctx.eps = eps  # backward runs the same backend; an automatic choice stays automatic
+    ctx.backend = backend if chosen_automatically(backend) else op_backend(backend, h.device)
     ctx.mark_non_differentiable(mean, rstd)
 
 
@@ -207,7 +208,8 @@ def norm_gate(h: Tensor, gate: Tensor, weight: Optional[Tensor] = None,
     if gate.shape[-1] > 1 and gate.stride(-1) != 1:
         gate = gate.contiguous()
     impl = resolve_backend(backend, h.device)
-    y, _, _ = norm_gate_op(h, gate, weight, bias, eps, impl.name)
+    auto = chosen_automatically(backend)  # the op resolves "auto" itself, with its fallback
+    y, _, _ = norm_gate_op(h, gate, weight, bias, eps, "auto" if auto else impl.name)
     return y
 
 

@@ -4,16 +4,25 @@
 ``triton`` (fused GPU kernels, loaded lazily so that the package works without Triton).
 
 Choosing a backend: an explicit name wins; with ``"auto"`` the environment variable
-``HGRN_BACKEND`` decides if set, otherwise the fastest backend for the tensors' device
-(Triton for CUDA tensors when triton >= 3.6 is installed, else torch). CPU tensors never
-reach a GPU kernel unless ``triton`` is asked for by name under ``TRITON_INTERPRET=1``.
+``HGRN_BACKEND`` decides if set, otherwise the fastest backend known to run on the tensors'
+device: Triton for CUDA GPUs of compute capability >= 8.0 with triton >= 3.6 (the kernels
+are compile-checked for sm_80 and sm_90), else torch, with one log line saying why. CPU
+tensors never reach a GPU kernel unless ``triton`` is asked for by name under
+``TRITON_INTERPRET=1``.
+
+Safety net of the automatic choice (``run_backend``): when Triton was chosen automatically
+and a kernel fails to compile or launch, the op runs on the torch backend instead, one
+warning names the error and ``HGRN_BACKEND``, and ``auto`` picks torch for the rest of the
+process. A backend named explicitly (argument or ``HGRN_BACKEND``) raises its errors.
 """
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import re
-from typing import Callable, Dict, Optional, Union
+import warnings
+from typing import Callable, Dict, Optional, TypeVar, Union
 
 import torch
 
@@ -74,10 +83,72 @@ def triton_usable() -> bool:
     return tuple(int(p) for p in re.findall(r"\d+", version)[:2]) >= MIN_TRITON
 
 
+# the oldest GPU architecture the kernels are compile-checked for (tests/test_triton_compile.py)
+MIN_CAPABILITY = (8, 0)
+
+_log = logging.getLogger("hgrn")
+_said: set = set()               # log lines already given (one per reason)
+_failed: Dict[str, str] = {}     # backend name -> why ``auto`` no longer picks it
+
+
+def triton_unsupported(device: torch.device) -> Optional[str]:
+    """Why ``auto`` does not run the Triton kernels on ``device`` (a CUDA device), or None."""
+    if "triton" not in _REGISTRY:
+        return "no 'triton' backend is registered"
+    if not triton_usable():
+        wanted = ".".join(map(str, MIN_TRITON))
+        return f"triton >= {wanted} is not installed (found {triton_version() or 'none'})"
+    if getattr(torch.version, "hip", None):
+        return "the Triton kernels are not checked on ROCm GPUs"
+    cap = tuple(torch.cuda.get_device_capability(device))
+    if cap < MIN_CAPABILITY:
+        return (f"compute capability {cap[0]}.{cap[1]} is below "
+                f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}, the oldest the kernels are checked for")
+    if "triton" in _failed:
+        return _failed["triton"]
+    return None
+
+
 def auto_backend_name(device: torch.device) -> str:
-    if device.type == "cuda" and triton_usable() and "triton" in _REGISTRY:
+    if device.type != "cuda":
+        return "torch"
+    why = triton_unsupported(device)
+    if why is None:
         return "triton"
+    if why not in _said:
+        _said.add(why)
+        _log.info("hgrn: the torch backend runs on %s: %s", device, why)
     return "torch"
+
+
+def chosen_automatically(name: Optional[str]) -> bool:
+    """Whether ``name`` leaves the choice to ``auto`` (no name and no ``HGRN_BACKEND``)."""
+    return name in (None, "auto") and os.environ.get(ENV_VAR, "").strip() in ("", "auto")
+
+
+T = TypeVar("T")
+
+
+def run_backend(name: Optional[str], device: torch.device, call: Callable[[ScanBackend], T]) -> T:
+    """``call(backend)`` on the backend ``name`` resolves to on ``device``. Where Triton was
+    chosen automatically and its kernel fails (a compile or launch error; not an input
+    error, not out of memory), warn once and run ``call`` on the torch backend instead;
+    ``auto`` then picks torch for the rest of the process."""
+    backend = resolve_backend(name, device)
+    if backend.name != "triton" or not chosen_automatically(name):
+        return call(backend)
+    try:
+        return call(backend)
+    except (ValueError, TypeError, torch.OutOfMemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - any kernel failure: compile, resources, launch
+        text = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
+        _failed["triton"] = f"its kernels failed on this machine ({text})"
+        warnings.warn(
+            f"hgrn: a Triton kernel failed ({text}); running the torch backend instead, for "
+            f"the rest of this process. Set {ENV_VAR}=torch to skip Triton, or "
+            f"{ENV_VAR}=triton to see the full error.", RuntimeWarning, stacklevel=2)
+        return call(get_backend("torch"))
 
 
 def resolve_backend(name: str | None, device: torch.device) -> ScanBackend:
@@ -123,4 +194,6 @@ register_backend("torch", TorchBackend())
 register_backend("triton", _load_triton)
 
 __all__ = ["ScanBackend", "register_backend", "list_backends", "get_backend",
-           "resolve_backend", "op_backend", "auto_backend_name", "triton_usable", "MIN_TRITON", "ENV_VAR"]
+           "resolve_backend", "op_backend", "run_backend", "chosen_automatically",
+           "auto_backend_name", "triton_unsupported", "triton_usable", "MIN_TRITON",
+           "MIN_CAPABILITY", "ENV_VAR"]
