@@ -15,10 +15,13 @@ with BLOCK_D = 32 VEC and one warp per program (the layout of docs/triton.md) --
   bytes the pass must move (forward 5d values per token, backward 8d: read c, mu, dh, write
   dc, dmu; 2 bytes each) against a device-to-device copy timed in the same run.
 
-It prints one row per configuration and the best per pass and shape, and writes
-tune_hgru.json and tune_hgru.md into OUTDIR (after every row, so a run stopped from outside
-leaves what it measured). To adopt a configuration, change GPU_FWD /
-GPU_BWD in hgrn_core/kernels/triton_hgru.py (and run tests/test_triton_hgru.py on the GPU).
+It prints one row per configuration, the best per pass and shape, and the *recommended*
+configuration per pass (the one that agrees everywhere with the least geometric-mean time
+relative to each shape's best), and writes tune_hgru.json and tune_hgru.md into OUTDIR
+(after every row, so a run stopped from outside leaves what it measured). To try the
+recommendation: ``HGRN_HGRU_CONFIG=OUTDIR/tune_hgru.json`` (the kernels read it); to adopt
+it, put it into the row of the GPU's capability in hgrn_core/kernels/triton_hgru_configs.py
+with the device that measured it (and run tests/test_triton_hgru.py on the GPU).
 A time budget (``--budget``, default 240 s) skips what does not fit; skipped rows say so.
 ``--cpu-smoke`` runs the same code on the CPU in Triton's interpreter with tiny shapes
 (tests of this tool; the times mean nothing).
@@ -30,6 +33,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -114,9 +118,10 @@ def _disagreement(got, want) -> float:
 
 def _defaults(kernels, device) -> Dict[str, Dict[str, Any]]:
     """The configurations the references run with (the interpreter has its own)."""
-    on_gpu = device.type == "cuda" and not kernels._interpreting()
-    fwd, bwd = (kernels.GPU_FWD, kernels.GPU_BWD) if on_gpu else (kernels.INTERP, kernels.INTERP)
-    return {"forward": dict(fwd), "backward": dict(bwd)}
+    if device.type == "cuda" and not kernels._interpreting():
+        return {"forward": kernels.gpu_config(device, False),
+                "backward": kernels.gpu_config(device, True)}
+    return {"forward": dict(kernels.INTERP), "backward": dict(kernels.INTERP)}
 
 
 def sweep(plan: Plan, device, log=print, checkpoint=None) -> Dict[str, Any]:
@@ -165,12 +170,44 @@ def sweep(plan: Plan, device, log=print, checkpoint=None) -> Dict[str, Any]:
                 result["rows"].append(row)
                 log(_row_line(row))
                 if checkpoint is not None:
-                    checkpoint(dict(result, best=best_configs(result["rows"])))
+                    checkpoint(_summarised(result, device))
             del reference, run
         del inputs
         _cleanup(device)
-    result["best"] = best_configs(result["rows"])
-    return result
+    return _summarised(result, device)
+
+
+def _summarised(result: Dict[str, Any], device) -> Dict[str, Any]:
+    rec = recommended(result["rows"])
+    if rec:
+        env = result["env"]
+        rec["measured"] = (f"{env.get('device')} (capability {env.get('capability')}), "
+                           f"Triton {env.get('triton')}, {env.get('date', '')}".strip(", "))
+    return dict(result, best=best_configs(result["rows"]), recommended=rec)
+
+
+def recommended(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Per pass, the configuration with the least geometric mean over the shapes of its time
+    relative to the shape's best, among those measured and agreeing on every shape the pass
+    was measured at; a pass with no such configuration is left out."""
+    out: Dict[str, Any] = {}
+    for pass_name in PASSES:
+        mine = [r for r in rows if r["pass_"] == pass_name]
+        shapes = {tuple(r["shape"]) for r in mine if r["status"] == "ok" and r.get("ms")}
+        best = {s: min(r["ms"] for r in mine if tuple(r["shape"]) == s and r["status"] == "ok"
+                       and r.get("ms")) for s in shapes}
+        scores: Dict[str, Tuple[float, Dict[str, Any]]] = {}
+        for key in {json.dumps(r["config"], sort_keys=True) for r in mine}:
+            ok = {tuple(r["shape"]): r["ms"] for r in mine
+                  if json.dumps(r["config"], sort_keys=True) == key and r["status"] == "ok"
+                  and r.get("ms")}
+            if not shapes or set(ok) != shapes:
+                continue
+            logs = [math.log(ok[s] / best[s]) for s in shapes]
+            scores[key] = (math.exp(sum(logs) / len(logs)), json.loads(key))
+        if scores:
+            out[pass_name] = dict(min(scores.values(), key=lambda v: v[0])[1])
+    return out
 
 
 def best_configs(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -213,6 +250,9 @@ def format_markdown(result: Dict[str, Any]) -> str:
         frac = f"{100 * r['fraction_of_copy']:.0f}%" if r.get("fraction_of_copy") else "-"
         out.append(f"| {r['pass_']} | {tuple(r['shape'])} | {_cfg(r['config'])} | "
                    f"{r['ms']:.3f} | {r['gb_per_s']:.0f} | {frac} |")
+    rec = result.get("recommended") or {}
+    out += ["", "## Recommended (every shape; HGRN_HGRU_CONFIG=tune_hgru.json runs it)", ""]
+    out += [f"- {p}: {_cfg(rec[p])}" for p in PASSES if p in rec] or ["- none measured"]
     out += ["", "## Every configuration", "", "```"]
     out += [_row_line(r) for r in result["rows"]]
     out += ["```"]

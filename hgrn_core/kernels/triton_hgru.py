@@ -71,6 +71,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import triton_hgru_configs
 from .launch_overrides import LaunchOverrides
 from .triton_hgru_bwd import _hgru_bwd_kernel
 from .triton_hgru_fwd import _hgru_fwd_kernel
@@ -92,12 +93,9 @@ def override_config(**kwargs):
     return _OVERRIDE.forcing(**kwargs)
 
 
-# Defaults per pass. VEC channels per thread and BLOCK_D = 32 * VEC * num_warps put the time
-# axis of a tile inside each thread (see _channels). Chosen from an H200 sweep of an earlier
-# version of these kernels and from instruction / register counts of this one:
-# docs/triton.md.
-GPU_FWD = dict(block_t=8, block_d=64, num_warps=1, vec=2, prefetch=True, num_stages=1)
-GPU_BWD = dict(block_t=4, block_d=64, num_warps=1, vec=2, prefetch=False, num_stages=1)
+# GPU launch configurations per pass and architecture: triton_hgru_configs (a table keyed by
+# compute capability; HGRN_HGRU_CONFIG=tune_hgru.json overrides it). VEC channels per thread
+# and BLOCK_D = 32 * VEC * num_warps put the time axis of a tile inside each thread.
 # the interpreter: its layout is irrelevant; the row-by-row walk costs it O(BLOCK_T) tile
 # operations per tile, so short tiles and wide blocks are fastest there
 INTERP = dict(block_t=8, block_d=64, num_warps=1, vec=64, prefetch=True, num_stages=1)
@@ -113,10 +111,16 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def gpu_config(device: torch.device, bwd: bool) -> dict:
+    """The launch configuration of one pass on a CUDA ``device`` (before test overrides)."""
+    cap = tuple(torch.cuda.get_device_capability(device))
+    return triton_hgru_configs.gpu_config("backward" if bwd else "forward", cap)
+
+
 class _Cfg:
     def __init__(self, B: int, N: int, d: int, device: torch.device, bwd: bool):
         on_gpu = device.type == "cuda" and not _interpreting()
-        c = dict((GPU_BWD if bwd else GPU_FWD) if on_gpu else INTERP)
+        c = gpu_config(device, bwd) if on_gpu else dict(INTERP)
         c.update({k: v for k, v in _OVERRIDE.items() if k in c})
         if bwd:
             c.update({k[4:]: v for k, v in _OVERRIDE.items() if k.startswith("bwd_")})
