@@ -83,6 +83,8 @@ def _version(module: str, dist: Optional[str] = None) -> str:
 
 
 def git_commit() -> Optional[str]:
+    if os.environ.get("HGRN_COMMIT"):  # a copy of the tree without .git (a lent GPU machine)
+        return os.environ["HGRN_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=10).stdout.strip()
@@ -110,6 +112,13 @@ def environment(device) -> Dict[str, Any]:
                    device_memory_gib=round(props.total_memory / GIB, 1),
                    sm_count=props.multi_processor_count,
                    capability=f"{props.major}.{props.minor}")
+        env["hgru_config_file"] = os.environ.get("HGRN_HGRU_CONFIG") or None
+        try:  # the fused HGRU kernels' launch configuration on this device
+            from hgrn_core.kernels.triton_hgru import gpu_config
+            env["hgru_launch"] = {"forward": gpu_config(device, False),
+                                  "backward": gpu_config(device, True)}
+        except Exception as err:  # noqa: BLE001 - no Triton: nothing launched
+            env["hgru_launch"] = f"unavailable ({_err(err)})"
     else:
         env["device"] = f"CPU ({platform.processor() or platform.machine()}, " \
                         f"{torch.get_num_threads()} threads)"
@@ -220,10 +229,18 @@ def run_gpu_tests(timeout: float, root: str = ROOT) -> Dict[str, Any]:
     if timeout <= 0:
         rec.update(status="not run", error="no time left for the tests")
         return rec
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files]
+    # compiling the kernels' specialisations is what takes the time: spread it over processes
+    # when pytest-xdist is there (every failure then counts, up to 20; else stop at the first)
+    try:
+        import xdist  # noqa: F401
+        workers = max(1, min(8, (os.cpu_count() or 1) // 2))
+        stop = ["-n", str(workers), "--maxfail=20"]
+    except ImportError:
+        stop = ["-x"]
+    cmd = [sys.executable, "-m", "pytest", "-q", *stop, "-p", "no:cacheprovider", *files]
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # the real kernels on the GPU
-    rec["command"] = " ".join(["pytest", "-q", "-x", *files])
+    rec["command"] = " ".join(["pytest", "-q", *stop, *files])
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -206,6 +206,9 @@ def collect(plan: Plan, device, run_tests: bool = True, backend: Optional[str] =
         m["real_vs_fla"], m["fla_note"] = measure_real_vs_fla(plan, device)
 
     def sweep():
+        if not plan.sweep_sizes:
+            _log("[5/5] sweep: not run (--no-sweep)")
+            return
         _log(f"[5/5] sweep {plan.sweep_sizes[0]}..{plan.sweep_sizes[-1]} px "
              f"({budget.left():.0f} s of the budget left)")
         for size in plan.sweep_sizes:
@@ -397,6 +400,13 @@ def header_lines(m: Dict[str, Any]) -> List[str]:
              f"date {env.get('date')}, commit {env.get('commit') or 'unknown'}, "
              f"plan {plan.get('name', '?')}, scan backend {m.get('backend', 'auto')}, "
              f"run time {m.get('duration_s', '?')} s"]
+    if env.get("hgru_launch"):
+        launch = env["hgru_launch"]
+        if isinstance(launch, dict):
+            launch = "; ".join(f"{p} " + " ".join(f"{k}={v}" for k, v in c.items())
+                               for p, c in launch.items())
+        src = env.get("hgru_config_file") or "the capability table"
+        lines.append(f"hgrn::hgru launch ({src}): {launch}")
     if plan.get("name") not in (None, "full"):
         lines.append(f"NOTE: a {plan.get('name')} run: shapes shrunk, the goals are defined at "
                      "the full plan's shapes")
@@ -543,6 +553,8 @@ def write_report(report: Dict[str, Any], outdir: str) -> List[str]:
         f.write(format_markdown(report))
     with open(paths[1], "w") as f:
         json.dump(report, f, indent=1, default=str)
+    if not report["measurements"].get("sweep"):  # nothing swept (--no-sweep): no table
+        return paths[:2]
     with open(paths[2], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=SWEEP_FIELDS, extrasaction="ignore", restval="")
         w.writeheader()
@@ -559,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", help="folder for gpu_report.md / .json and gpu_sweep.csv")
     p.add_argument("--quick", action="store_true", help="small shapes: a smoke run (~2 min)")
     p.add_argument("--no-tests", action="store_true", help="skip the GPU tests")
+    p.add_argument("--no-sweep", action="store_true",
+                   help="skip the sweep (phase 5): the goal points, the op and fla only")
     p.add_argument("--test-timeout", type=float, default=None,
                    help="seconds for the GPU tests (default: 150, --quick 90)")
     p.add_argument("--budget", type=float, default=None,
@@ -591,6 +605,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             device, plan = torch.device("cuda"), PLANS["quick" if args.quick else "full"]
         if args.budget is not None:
             plan = dataclasses.replace(plan, budget_s=args.budget)
+        if args.no_sweep:
+            plan = dataclasses.replace(plan, sweep_sizes=())
 
         def checkpoint(partial):
             write_report(build_report(partial), args.outdir)
