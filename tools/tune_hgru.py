@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", help="folder for tune_hgru.json / .md")
     p.add_argument("--quick", action="store_true", help="one small shape, a smaller grid")
     p.add_argument("--budget", type=float, default=None, help="seconds for the sweep")
+    p.add_argument("--shape", action="append", default=None, metavar="B,N,D",
+                   help="sweep this shape instead of the plan's (repeatable)")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="the CPU in Triton's interpreter, tiny shapes (tests of this tool)")
     return p
@@ -298,6 +300,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         device, plan = torch.device("cuda"), PLANS["quick" if args.quick else "full"]
     if args.budget is not None:
         plan = dataclasses.replace(plan, budget_s=args.budget)
+    if args.shape:
+        try:
+            shapes = tuple(tuple(int(v) for v in s.split(",")) for s in args.shape)
+        except ValueError:
+            shapes = ()
+        if not shapes or any(len(s) != 3 or min(s) < 1 for s in shapes):
+            print(f"error: --shape takes B,N,D (three positive integers), got {args.shape}",
+                  file=sys.stderr)
+            return 2
+        plan = dataclasses.replace(plan, shapes=shapes)
     result = sweep(plan, device, log=lambda s: print(s, file=sys.stderr, flush=True),
                    checkpoint=lambda partial: write(partial, args.outdir))
     print(format_markdown(result))

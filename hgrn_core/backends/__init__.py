@@ -17,6 +17,7 @@ process. A backend named explicitly (argument or ``HGRN_BACKEND``) raises its er
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -65,8 +66,11 @@ def get_backend(name: str) -> ScanBackend:
 MIN_TRITON = (3, 6)
 
 
+@functools.lru_cache(maxsize=None)
 def triton_version() -> Optional[str]:
-    """The installed Triton's version, or None (read without importing triton)."""
+    """The installed Triton's version, or None (read without importing triton). Cached: the
+    metadata lookup scans site-packages (about 1 ms with a few hundred packages), and the ops
+    resolve "auto" on every call."""
     for dist in ("triton", "pytorch-triton"):
         try:
             return importlib.metadata.version(dist)
@@ -100,13 +104,23 @@ def triton_unsupported(device: torch.device) -> Optional[str]:
         return f"triton >= {wanted} is not installed (found {triton_version() or 'none'})"
     if getattr(torch.version, "hip", None):
         return "the Triton kernels are not checked on ROCm GPUs"
-    cap = tuple(torch.cuda.get_device_capability(device))
+    cap = _capability(device)
     if cap < MIN_CAPABILITY:
         return (f"compute capability {cap[0]}.{cap[1]} is below "
                 f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}, the oldest the kernels are checked for")
     if "triton" in _failed:
         return _failed["triton"]
     return None
+
+
+def _capability(device: torch.device):
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _capability_of(index)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability_of(index: int):
+    return tuple(torch.cuda.get_device_capability(index))
 
 
 def auto_backend_name(device: torch.device) -> str:
