@@ -187,6 +187,17 @@ def test_no_cuda_exits_nonzero_with_message(tmp_path, capsys):
     # through hgrn-benchmark's --report hook
     assert benchmark.main(["--report", "gpu", str(tmp_path / "out"), "--quick"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+    # the profile report likewise
+    assert benchmark.main(["--report", "gpu-profile", str(tmp_path / "out")]) == 2
+    assert "gpu-profile needs a CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_xdist_output_is_counted():
+    out = ("8 workers [204 items]\n........................................ [ 19%]\n"
+           "....F.\n=== 1 failed, 203 passed in 52.01s ===")
+    c = gpu_report.parse_pytest_output(out)
+    assert (c["passed"], c["failed"], c["summary"]) == (203, 1, True)
 
 
 def test_parse_pytest_output():

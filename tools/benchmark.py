@@ -22,7 +22,8 @@
   and the sweep goes on. The exit status is 0 when at least one case succeeded.
 * Reports: ``--report gpu OUTDIR [--quick]`` (every GPU goal of issue 9 in one run,
   ``gpu_report.py``), ``--report tune-hgru OUTDIR`` (the fused HGRU kernel's launch
-  configurations on a GPU, ``tune_hgru.py``), ``--report saved-activations [OUTDIR]
+  configurations on a GPU, ``tune_hgru.py``), ``--report gpu-profile OUTDIR`` (host and GPU
+  time per op and model step, profiler tables, ``gpu_profile.py``), ``--report saved-activations [OUTDIR]
   [--cpu-speed]`` (the CPU activation-memory measure, ``saved_activations.py``); the
   arguments after the report's name go to that report (``--report gpu --help``).
 """
@@ -449,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # report name -> module (in tools/, installed as hgrn_tools) whose main(argv) runs it
-REPORTS = {"gpu": "gpu_report", "saved-activations": "saved_activations", "tune-hgru": "tune_hgru"}
+REPORTS = {"gpu": "gpu_report", "gpu-profile": "gpu_profile",
+           "saved-activations": "saved_activations", "tune-hgru": "tune_hgru"}
 
 
 def run_report(argv: Sequence[str]) -> Optional[int]:

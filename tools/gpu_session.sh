@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The measurement of one lent GPU session, in one command (about 9 minutes on one H100/H200):
+#   (0) where the time goes: host and GPU time per op and model step, profiler tables,
 #   (a) the GPU report at the current code (GPU tests, goal points, op bandwidth, fla, a sweep
 #       cut to its budget),
 #   (b) the fused HGRU kernel's launch-configuration sweep,
@@ -25,19 +26,23 @@ fi
 $PY -m pip install -q --no-deps --no-build-isolation -e . || exit 1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv || true
 
+log "(0) profile"
+timeout -k 5 90 $PY -m hgrn_tools.gpu_profile "$OUT/profile"
+log "(0) exit $?"
+
 log "(a) report before tuning"
-timeout -k 5 270 $PY -m hgrn_tools.gpu_report "$OUT/before" --budget 210 --test-timeout 110
+timeout -k 5 240 $PY -m hgrn_tools.gpu_report "$OUT/before" --budget 180 --test-timeout 90
 log "(a) exit $?"
 
 log "(b) launch-configuration sweep"
-timeout -k 5 150 $PY -m hgrn_tools.tune_hgru "$OUT/tune" --budget 120 >/dev/null
+timeout -k 5 120 $PY -m hgrn_tools.tune_hgru "$OUT/tune" --budget 100 >/dev/null
 log "(b) exit $?"
 grep -A4 "^## Recommended" "$OUT/tune/tune_hgru.md" 2>/dev/null
 
 log "(c) report with the recommended configuration"
 if $PY -c "import json,sys; sys.exit(not json.load(open(sys.argv[1])).get('recommended'))" \
         "$OUT/tune/tune_hgru.json" 2>/dev/null; then
-    HGRN_HGRU_CONFIG="$OUT/tune/tune_hgru.json" timeout -k 5 110 \
+    HGRN_HGRU_CONFIG="$OUT/tune/tune_hgru.json" timeout -k 5 100 \
         $PY -m hgrn_tools.gpu_report "$OUT/after" --no-tests --no-sweep
     log "(c) exit $?"
 else

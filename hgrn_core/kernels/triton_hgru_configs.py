@@ -30,9 +30,20 @@ DEFAULT = {
     "measured": "not measured: the defaults (docs/triton.md)",
 }
 
+# Hopper (H100 / H200). The sweep's best per shape (ms, bf16, direction 'both'):
+#   forward  (256, 256, 384)  8x64 VEC 2 prefetch 0.164;  (8, 16384, 384) 16x64 VEC 2 prefetch
+#            0.372 (this row's 8x64: 0.394);  backward 4x64 VEC 2 prefetch 0.523 / 0.970
+#            (without prefetch 0.534 / 0.999: within the run-to-run spread).
+HOPPER = {
+    "forward": dict(block_t=8, block_d=64, num_warps=1, vec=2, prefetch=True, num_stages=1),
+    "backward": dict(block_t=4, block_d=64, num_warps=1, vec=2, prefetch=True, num_stages=1),
+    "measured": "NVIDIA H200 (sm_90), Triton 3.6.0, torch 2.11, 2026-12-04: "
+                "hgrn-benchmark --report tune-hgru, both shapes (docs/benchmarks.md)",
+}
+
 TABLE: Dict[Tuple[int, int], Dict[str, object]] = {
-    (8, 0): DEFAULT,   # A100: not measured yet
-    (9, 0): DEFAULT,   # H100 / H200: not measured yet
+    (8, 0): DEFAULT,   # Ampere / Ada (A100, RTX 4090): not measured yet
+    (9, 0): HOPPER,
 }
 
 
