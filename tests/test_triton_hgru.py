@@ -329,3 +329,35 @@ def test_errors():
                      "both")
     with pytest.raises(ValueError):
         hgru_forward(t["proj"][..., :-1], None, t["thf"], t["thr"], None, "both")
+
+
+# ---------------------------------------------------------------- the GPU's fast math, emulated
+@pytest.mark.skipif(DEVICE == "cuda", reason="the interpreter's emulation of the GPU's fast math")
+@pytest.mark.parametrize("fast", [2, 3], ids=["bound-up", "bound-down"])
+@pytest.mark.parametrize("direction,mu_shift,lb", [
+    ("both", 0.0, "rand"), ("forward", 12.0, "rand"), ("reverse", -30.0, "none"),
+    ("both", 40.0, "zero")])
+def test_fast_math_emulated_at_its_error_bound(fast, direction, mu_shift, lb):
+    """fp32 through the branch the GPU runs (ex2.approx / div.approx, each result moved by the
+    documented 2 ulp, flushed to zero): still within the fp32 tolerance of the fp64 reference,
+    saturated gates included; and the emulation is engaged (results differ from exact math)."""
+    t = make(2, 23, 5, lb=lb, h0=direction != "both", direction=direction, mu_shift=mu_shift,
+             seed=7)
+    assert triton_hgru._fast_math(triton_hgru._Cfg(2, 23, 5, torch.device("cpu"), False),
+                                  torch.float32) == 2          # the interpreter's default
+    with triton_hgru.override_config(**SMALL, segments=2, fast=fast):
+        check(t, direction, tol=2e-5)
+        emulated = run_all(t, direction)
+    with triton_hgru.override_config(**SMALL, segments=2, fast=0):
+        exact = run_all(t, direction)
+    assert not torch.equal(emulated["h"], exact["h"])
+    assert not torch.equal(emulated["dproj"], exact["dproj"])
+
+
+def test_fast_math_is_the_gpus_branch_and_fp64_stays_exact():
+    cfg = triton_hgru._Cfg(1, 8, 4, torch.device("cpu"), False)
+    assert triton_hgru._fast_math(cfg, torch.float64) == 0
+    assert triton_hgru._fast_math(cfg, torch.bfloat16) == 2
+    cfg.on_gpu = True
+    assert triton_hgru._fast_math(cfg, torch.float32) == 1    # libdevice fast_expf / fast_dividef
+    assert triton_hgru._fast_math(cfg, torch.float64) == 0

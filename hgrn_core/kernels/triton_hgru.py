@@ -88,6 +88,7 @@ _OVERRIDE = LaunchOverrides()
 def override_config(**kwargs):
     """Force launch parameters (tests, tuning): ``block_t``, ``block_d``, ``num_warps``,
     ``vec``, ``prefetch``, ``num_stages`` (each also as ``fwd_*`` / ``bwd_*`` for one pass),
+    ``fast`` (the interpreter's math: 2 / 3 the GPU's fast math emulated, 0 exact),
     ``segments`` (the number S of sequence segments; >1 runs the two-launch segmented
     scheme), ``target_programs`` (for the automatic choice of S)."""
     return _OVERRIDE.forcing(**kwargs)
@@ -200,6 +201,17 @@ def _grid(cfg: _Cfg, B: int):
     return (cfg.n_dblk, B, cfg.n_seg)
 
 
+def _fast_math(cfg, dtype: torch.dtype) -> int:
+    """The kernels' FAST flag (triton_hgru_device): 0 exact for fp64; on the GPU 1, its fast
+    exp and division; in the interpreter 2, their emulation at the documented error bound
+    (``override_config(fast=3)`` for the bound's other side, ``fast=0`` for exact math)."""
+    if dtype == torch.float64:
+        return 0
+    if cfg.on_gpu:
+        return 1
+    return int(_OVERRIDE.get("fast", 2))
+
+
 def _shape_args(cfg, N: int, d: int, proj: Tensor, real: bool, lb, h0c) -> dict:
     """The launch arguments the forward and backward kernels share: sizes, tiling and the
     compile-time flags for the dtype, the optional inputs and even shapes."""
@@ -207,7 +219,7 @@ def _shape_args(cfg, N: int, d: int, proj: Tensor, real: bool, lb, h0c) -> dict:
                 BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=_acc(proj.dtype),
                 HAS_LB=lb is not None, HAS_H0=h0c is not None,
                 VEC=cfg.vec, PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages,
-                FAST=cfg.on_gpu and proj.dtype != torch.float64,
+                FAST=_fast_math(cfg, proj.dtype),
                 EVEN_N=N % cfg.block_t == 0, EVEN_D=d % cfg.block_d == 0,
                 num_warps=cfg.num_warps)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from .triton_hgru_device import (
-    _rsum, _walk, _decay, _sig, _lam, _gates, _channels, _ld_proj, _ld_mu, _ld_g,
+    _rsum, _walk, _decay, _sig, _lam, _gates, _fdiv, _channels, _ld_proj, _ld_mu, _ld_g,
     _load_vec, _fold, _store_pair, _load_pair, _pre_step, _racc_step, _boundary,
 )
 
@@ -376,10 +375,7 @@ def _hgru_bwd_kernel(
             if not REAL:
                 dlx -= dxi * c_i * sg_i
             pos = lam > 0
-            if FAST:
-                rl = libdevice.fast_dividef(1.0, tl.where(pos, lam, 1.0))
-            else:
-                rl = 1.0 / tl.where(pos, lam, 1.0)
+            rl = _fdiv(1.0, tl.where(pos, lam, 1.0), FAST)
             r = tl.where(pos, olb * s * rl, 1.0)
             dmu = (q * r + dlx * olb * s) * oms
             if HAS_LB:

@@ -88,18 +88,52 @@ def _decay(lam, c, s, valid, CONJ: tl.constexpr, REAL: tl.constexpr):
     return ar, ai
 
 
+# FAST (a compile-time int): 0 exact exp and division (fp64, and fp32 off the GPU); 1 the
+# GPU's fast math, libdevice fast_expf / fast_dividef (ex2.approx.ftz of the fp32 x*log2(e),
+# div.approx.ftz); 2 / 3 the interpreter's stand-in for 1 (the interpreter has no libdevice),
+# so the tests check the numerics the GPU runs: the same fp32 rounding of x*log2(e), every
+# result moved by CUDA's documented bound (2 ulp for ex2.approx and for __fdividef with
+# |b| < 2^126) upwards (2) or downwards (3), flushed to zero below 2^-126, and a / b = 0 for
+# |b| >= 2^126 as div.approx.ftz gives; a / 1 stays exact (the reciprocal of 1 is exact, so
+# the emulation never makes a decay exceed 1 where the GPU does not).
+FAST_ULPS = tl.constexpr(2.0 ** -22)      # 2 ulp of fp32, relative
+TINY = tl.constexpr(2.0 ** -126)          # the smallest normal fp32
+
+
+@triton.jit
+def _fexp(x, FAST: tl.constexpr):
+    """exp(x) as FAST says (see above)."""
+    if FAST == 1:
+        e = libdevice.fast_expf(x)
+    elif FAST >= 2:
+        e = tl.exp2((x * 1.4426950408889634).to(tl.float32))
+        e = e * (1.0 + FAST_ULPS if FAST == 2 else 1.0 - FAST_ULPS)
+        e = tl.where(e < TINY, 0.0, e)
+    else:
+        e = tl.exp(x)
+    return e
+
+
+@triton.jit
+def _fdiv(a, b, FAST: tl.constexpr):
+    """a / b as FAST says (see above)."""
+    if FAST == 1:
+        q = libdevice.fast_dividef(a, b)
+    elif FAST >= 2:
+        q = a / b * (1.0 + FAST_ULPS if FAST == 2 else 1.0 - FAST_ULPS)
+        q = tl.where((tl.abs(b) >= 1.0 / TINY) | (tl.abs(q) < TINY), 0.0, q)
+        q = tl.where(b == 1.0, a, q)  # rcp.approx(1) is 1: a saturated sigmoid stays 1
+    else:
+        q = a / b
+    return q
+
+
 @triton.jit
 def _sig(z, FAST: tl.constexpr):
     """sigmoid(z) and 1 - sigmoid(z), both without cancellation or inf * 0. FAST (fp32 on
-    the GPU): ex2.approx.ftz and rcp.approx.ftz (2 + 1 instructions, no denormal fix-ups).
-    (The small helpers are written inline: every jit-function call costs the interpreter a
-    re-patch of triton.language.)"""
-    if FAST:
-        e = libdevice.fast_expf(-z)
-        s = libdevice.fast_dividef(1.0, 1.0 + e)
-    else:
-        e = tl.exp(-z)
-        s = 1.0 / (1.0 + e)
+    the GPU): ex2.approx.ftz and rcp.approx.ftz (2 + 1 instructions, no denormal fix-ups)."""
+    e = _fexp(-z, FAST)
+    s = _fdiv(1.0, 1.0 + e, FAST)
     oms = tl.where(z > 0, e * s, 1.0 - s)
     return s, oms
 
@@ -120,22 +154,13 @@ def _gates(c_r, c_i, mu, lb, ACC: tl.constexpr, REAL: tl.constexpr, FAST: tl.con
         c_i = c_r
     else:
         c_i = c_i.to(ACC)
-    if FAST:
-        e = libdevice.fast_expf(-mu)
-        s = libdevice.fast_dividef(1.0, 1.0 + e)
-        sg_r = libdevice.fast_dividef(1.0, 1.0 + libdevice.fast_expf(-c_r))
-        if REAL:
-            sg_i = sg_r
-        else:
-            sg_i = libdevice.fast_dividef(1.0, 1.0 + libdevice.fast_expf(-c_i))
+    e = _fexp(-mu, FAST)
+    s = _fdiv(1.0, 1.0 + e, FAST)
+    sg_r = _fdiv(1.0, 1.0 + _fexp(-c_r, FAST), FAST)
+    if REAL:
+        sg_i = sg_r
     else:
-        e = tl.exp(-mu)
-        s = 1.0 / (1.0 + e)
-        sg_r = 1.0 / (1.0 + tl.exp(-c_r))
-        if REAL:
-            sg_i = sg_r
-        else:
-            sg_i = 1.0 / (1.0 + tl.exp(-c_i))
+        sg_i = _fdiv(1.0, 1.0 + _fexp(-c_i, FAST), FAST)
     oms = tl.where(mu > 0, e * s, 1.0 - s)
     lam = lb + (1.0 - lb) * s
     oml = (1.0 - lb) * oms
