@@ -6,9 +6,11 @@
     s   = sigmoid(mu),   lam = gamma + (1 - gamma) s        (gamma: the layer's lower bound)
     x   = (1 - lam) SiLU(c)                                  (the scan input; lam shared by Re, Im)
 
-This is what the fused kernels do in registers; the torch backends compose the HGRU op from
-these two functions and the scans (``ScanBackend.hgru_forward`` / ``hgru_backward``). Math
-runs in fp32 (fp64 for fp64 inputs): in bf16 a decay of 0.997 already rounds to 1.
+The one definition of the gates: the torch and reference backends use these functions, the
+fused kernels and the ONNX translation the same formulas. ``1 - lam`` is never formed by
+subtracting ``lam`` from 1 -- near lam = 1 (large mu, lower bounds near 1) that cancels to
+a few bits: it is ``(1 - gamma) sigmoid(-mu)``, and ``1 - s = sigmoid(-mu)``. Math runs in
+fp32 (fp64 for fp64 inputs, or ``dtype=``): in bf16 a decay of 0.997 already rounds to 1.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class Gates(NamedTuple):
     x: Tensor          # (B, N, W) scan input (1 - lam) SiLU(c)
     lam: Tensor        # (B, N, d) decay
     s: Tensor          # (B, N, d) sigmoid(mu)
+    oms: Tensor        # (B, N, d) 1 - s = sigmoid(-mu)
+    oml: Tensor        # (B, N, d) 1 - lam = (1 - gamma)(1 - s)
     c: Tensor          # (B, N, W) c in the compute dtype (for SiLU's derivative)
     silu_c: Tensor     # (B, N, W)
 
@@ -42,15 +46,24 @@ def _times_per_plane(x: Tensor, t: Tensor) -> Tensor:
     return (x.unflatten(-1, (x.shape[-1] // d, d)) * t.unsqueeze(-2)).flatten(-2)
 
 
-def hgru_gates(proj: Tensor, lower_bound: Optional[Tensor], complex_valued: bool) -> Gates:
+def hgru_gates(proj: Tensor, lower_bound: Optional[Tensor], complex_valued: bool,
+               dtype: Optional[torch.dtype] = None) -> Gates:
+    """The gates of ``proj`` in ``dtype`` (default: fp32, fp64 for fp64 ``proj``)."""
     W, d = state_width(proj, complex_valued)
-    dt = compute_dtype(proj.dtype)
+    dt = dtype or compute_dtype(proj.dtype)
     c = proj[..., :W].to(dt)
-    s = torch.sigmoid(proj[..., W:].to(dt))
-    lam = s if lower_bound is None else torch.lerp(s, torch.ones_like(s), lower_bound.to(dt))
+    mu = proj[..., W:].to(dt)
+    s = torch.sigmoid(mu)
+    oms = torch.sigmoid(-mu)
+    if lower_bound is None:
+        lam, oml = s, oms
+    else:
+        lb = lower_bound.to(dt)
+        lam = lb + (1 - lb) * s
+        oml = (1 - lb) * oms
     silu_c = F.silu(c)
-    x = _times_per_plane(silu_c, 1 - lam)
-    return Gates(x, lam, s, c, silu_c)
+    x = _times_per_plane(silu_c, oml)
+    return Gates(x, lam, s, oms, oml, c, silu_c)
 
 
 def hgru_gates_backward(g: Gates, dx: Tensor, dlam: Tensor, lower_bound: Optional[Tensor],
@@ -61,8 +74,10 @@ def hgru_gates_backward(g: Gates, dx: Tensor, dlam: Tensor, lower_bound: Optiona
     # x = (1 - lam) SiLU(c): lam gets -sum over planes of SiLU(c) dx
     dlam = dlam - (g.silu_c * dx).unflatten(-1, (W // d, d)).sum(-2)
     sig_c = torch.sigmoid(g.c)
-    dc = _times_per_plane(dx, 1 - g.lam) * sig_c * (1 + g.c * (1 - sig_c))
-    lb = 0.0 if lower_bound is None else lower_bound.to(g.lam.dtype)
-    dmu = dlam * (1 - lb) * g.s * (1 - g.s)
-    dlb = None if lower_bound is None else (dlam * (1 - g.s)).sum((0, 1))
+    dc = _times_per_plane(dx, g.oml) * sig_c * (1 + g.c * (1 - sig_c))
+    # d lam / d mu = (1 - gamma) s (1 - s); d lam / d gamma = 1 - s
+    dmu = dlam * g.s * g.oms
+    if lower_bound is not None:
+        dmu = dmu * (1 - lower_bound.to(g.lam.dtype))
+    dlb = None if lower_bound is None else (dlam * g.oms).sum((0, 1))
     return torch.cat([dc, dmu], -1).to(proj_dtype), dlb

@@ -11,8 +11,8 @@ into standard ONNX operators, for ``torch.onnx.export(..., dynamo=True)``.
 package imports without them (``pip install hgrn[onnx]`` installs them).
 
 How ``hgrn::hgru`` is translated (spec §1, §6). The gates are elementwise ONNX ops, as in
-``hgrn_core.gates`` (``s = sigmoid(mu)``, ``lam = s + gamma (1 - s)``,
-``x = (1 - lam) SiLU(c)``), computed once for both directions. The recurrence
+``hgrn_core.gates`` (``s = sigmoid(mu)``, ``lam = gamma + (1 - gamma) s``,
+``x = (1 - lam) SiLU(c)`` with ``1 - lam = (1 - gamma) sigmoid(-mu)``), computed once for both directions. The recurrence
 ``h_t = lam_t e^{i theta} h_{t-1} + x_t`` is cut into chunks of ``C = ceil(2 sqrt(N))``
 steps (N is read from the input's shape at run time: one graph serves every image size):
 
@@ -160,13 +160,16 @@ def _impl() -> Dict[str, Any]:
             cr, ci, mu = op.Split(p, axis=-1, num_outputs=3)
         else:
             c, mu = op.Split(p, axis=-1, num_outputs=2)
+        # 1 - lam = (1 - gamma) sigmoid(-mu): never 1 minus a decay near 1 (hgrn_core.gates)
         s = op.Sigmoid(mu)
-        one = op.Constant(value_float=1.0)
+        keep = op.Sigmoid(op.Neg(mu))
         if lower_bound is None:
             lam = s
-        else:  # torch.lerp(s, 1, gamma) = s + gamma (1 - s)
-            lam = op.Add(s, op.Mul(to_float(lower_bound), op.Sub(one, s)))
-        keep = op.Sub(one, lam)
+        else:
+            one = op.Constant(value_float=1.0)
+            omg = op.Sub(one, to_float(lower_bound))
+            lam = op.Add(to_float(lower_bound), op.Mul(omg, s))
+            keep = op.Mul(omg, keep)
 
         def scan_input(c_):
             return op.Mul(op.Mul(c_, op.Sigmoid(c_)), keep)

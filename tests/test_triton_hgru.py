@@ -350,8 +350,8 @@ def test_fast_math_emulated_at_its_error_bound(fast, direction, mu_shift, lb):
         emulated = run_all(t, direction)
     with triton_hgru.override_config(**SMALL, segments=2, fast=0):
         exact = run_all(t, direction)
-    assert not torch.equal(emulated["h"], exact["h"])
-    assert not torch.equal(emulated["dproj"], exact["dproj"])
+    # engaged: some output moved (near lam = 1, h alone may round to the same values)
+    assert any(not torch.equal(emulated[k], exact[k]) for k in ("h", "dproj"))
 
 
 def test_fast_math_is_the_gpus_branch_and_fp64_stays_exact():

@@ -3,7 +3,9 @@
 This is the ground truth every other backend is tested against. It is written the
 most obvious way, in real arithmetic exactly as in the spec (§1), and its gradients
 are whatever autograd makes of that loop (the backend is called directly, not through
-the custom op), so no hand-derived formula is trusted here. It is slow: one Python step per token.
+the custom op), so no hand-derived formula is trusted here. It computes in fp64 whatever
+the inputs' dtype (results are returned in the inputs' dtypes), as a ground truth should.
+It is slow: one Python step per token.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def _loop_real(x, lam, h0, reverse):
 
 
 def _upcast(*tensors):
-    return [None if t is None else t.to(compute_dtype(t.dtype)) for t in tensors]
+    return [None if t is None else t.to(torch.float64) for t in tensors]
 
 
 def _cast(outputs, like):
@@ -63,6 +65,10 @@ class ReferenceBackend(ScanBackend):
         if hN is None:
             hN = h.new_zeros(h.shape[0], h.shape[2])
         return h.to(proj.dtype), hN.to(compute_dtype(proj.dtype))
+
+    def hgru_forward(self, proj, lower_bound, theta_f, theta_r, h0, direction):
+        # the gates and the loop in fp64 (the base class composes them)
+        return super().hgru_forward(*_upcast(proj, lower_bound, theta_f, theta_r, h0), direction)
 
     def complex_scan(self, u, v, lam, theta, h0r, h0i, reverse):
         return _cast(self.complex_forward(u, v, lam, theta, h0r, h0i, reverse), u)
