@@ -1,14 +1,14 @@
 """The HGRU's gates in plain torch: from the projection to the scan inputs, and back.
 
 ``proj`` is ``in_proj``'s core output, ``[c (W) | mu (d)]`` per token, with ``W = 2d``
-(``c = [Re c | Im c]``, complex) or ``W = d`` (real). Spec §1:
+(``c = [Re c | Im c]``, complex) or ``W = d`` (real). docs/spec.md §1.1 (backward: §5.2):
 
     s   = sigmoid(mu),   lam = gamma + (1 - gamma) s        (gamma: the layer's lower bound)
     x   = (1 - lam) SiLU(c)                                  (the scan input; lam shared by Re, Im)
 
 This is what the fused kernels do in registers; the torch backends compose the HGRU op from
 these two functions and the scans (``ScanBackend.hgru_forward`` / ``hgru_backward``). Math
-runs in fp32 (fp64 for fp64 inputs): in bf16 a decay of 0.997 already rounds to 1.
+runs in fp32 (fp64 for fp64 inputs): in bf16 a decay of 0.999 already rounds to 1.
 """
 from __future__ import annotations
 
