@@ -1,7 +1,7 @@
 """The HGRU's gates in plain torch: from the projection to the scan inputs, and back.
 
 ``proj`` is ``in_proj``'s core output, ``[c (W) | mu (d)]`` per token, with ``W = 2d``
-(``c = [Re c | Im c]``, complex) or ``W = d`` (real). Spec §1:
+(``c = [Re c | Im c]``, complex) or ``W = d`` (real). docs/spec.md §1.1 (backward: §5.2):
 
     s   = sigmoid(mu),   lam = gamma + (1 - gamma) s        (gamma: the layer's lower bound)
     x   = (1 - lam) SiLU(c)                                  (the scan input; lam shared by Re, Im)
@@ -10,7 +10,7 @@ The one definition of the gates: the torch and reference backends use these func
 fused kernels and the ONNX translation the same formulas. ``1 - lam`` is never formed by
 subtracting ``lam`` from 1 -- near lam = 1 (large mu, lower bounds near 1) that cancels to
 a few bits: it is ``(1 - gamma) sigmoid(-mu)``, and ``1 - s = sigmoid(-mu)``. Math runs in
-fp32 (fp64 for fp64 inputs, or ``dtype=``): in bf16 a decay of 0.997 already rounds to 1.
+fp32 (fp64 for fp64 inputs, or ``dtype=``): in bf16 a decay of 0.999 already rounds to 1.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The HGRU's recurrent core as one op: ``hgrn::hgru`` (and ``hgrn::hgru_backward``).
 
 From ``in_proj``'s core output ``proj = [c (W) | mu (d)]`` (B, N, W + d), in the activation
-dtype and any row stride, to the state ``h`` (B, N, W) in the same dtype (spec §1, §7):
+dtype and any row stride, to the state ``h`` (B, N, W) in the same dtype (docs/spec.md §1, §7):
 
     lam = gamma + (1 - gamma) sigmoid(mu),   x = (1 - lam) SiLU(c)
     h_t = lam_t e^{i theta} h_{t -/+ 1} + x_t          forward, reverse, or both summed

@@ -1,4 +1,4 @@
-"""The hierarchical forget-gate lower bound (spec §2).
+"""The hierarchical forget-gate lower bound (docs/spec.md §2).
 
 A model with L mixer layers owns one parameter ``Gamma`` (L, d), initialised to ones:
 
@@ -19,7 +19,7 @@ class HierarchicalLowerBound(nn.Module):
         if num_layers < 1 or dim < 1:
             raise ValueError(f"need num_layers >= 1 and dim >= 1, got {num_layers}, {dim}")
         self.num_layers, self.dim = num_layers, dim
-        self.logits = nn.Parameter(torch.ones(num_layers, dim))  # Gamma of the spec
+        self.logits = nn.Parameter(torch.ones(num_layers, dim))  # Gamma of docs/spec.md §2
 
     def forward(self) -> Tensor:
         """gamma_k for every layer, shape (L, d): row 0 is all zeros."""

@@ -10,9 +10,10 @@ into standard ONNX operators, for ``torch.onnx.export(..., dynamo=True)``.
 ``onnxscript`` (and ``onnx``) are imported only when a translation is asked for: the
 package imports without them (``pip install hgrn[onnx]`` installs them).
 
-How ``hgrn::hgru`` is translated (spec §1, §6). The gates are elementwise ONNX ops, as in
+How ``hgrn::hgru`` is translated (docs/spec.md §1, §6). The gates are elementwise ONNX ops, as in
 ``hgrn_core.gates`` (``s = sigmoid(mu)``, ``lam = gamma + (1 - gamma) s``,
-``x = (1 - lam) SiLU(c)`` with ``1 - lam = (1 - gamma) sigmoid(-mu)``), computed once for both directions. The recurrence
+``x = (1 - lam) SiLU(c)``, ``1 - lam = (1 - gamma) sigmoid(-mu)``), computed once for both
+directions. The recurrence
 ``h_t = lam_t e^{i theta} h_{t-1} + x_t`` is cut into chunks of ``C = ceil(2 sqrt(N))``
 steps (N is read from the input's shape at run time: one graph serves every image size):
 

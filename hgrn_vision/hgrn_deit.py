@@ -131,7 +131,7 @@ class Block(nn.Module):
 
 def _init_weights(module: nn.Module, name: str = '') -> None:
     """timm ViT init for Linear layers (trunc normal std .02, zero bias). Norms keep their
-    defaults; HGRU phases and the lower-bound logits keep the spec's init."""
+    defaults; HGRU phases and the lower-bound logits keep the init of docs/spec.md §1.5, §2."""
     if isinstance(module, nn.Linear):
         trunc_normal_(module.weight, std=.02)
         if module.bias is not None:

@@ -1,5 +1,5 @@
 """Every YAML in configs/ uses timm train.py's argument names, parses in hgrn-train, and the recipes say
-what the paper says (spec §3)."""
+what the paper says (docs/spec.md §3.4)."""
 import glob
 import os
 

@@ -1,5 +1,5 @@
 """The HGRU core op ``hgrn::hgru`` (``hgrn_core.hgru``) on the torch path, against the
-reference loop and against the spec's formula written out with plain torch ops."""
+reference loop and against the formula of docs/spec.md §1 written out with plain torch ops."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,8 @@ def _case(B, N, d, complex_valued, direction, dtype=torch.float64, lb="rand", h0
 
 
 def _spec_formula(proj, lb, tf, tr, h0, direction):
-    """Spec §1 with torch ops and an explicit loop over tokens (independent of hgrn_core)."""
+    """docs/spec.md §1 with torch ops and an explicit loop over tokens (independent of
+    hgrn_core)."""
     complex_ = tf is not None
     d = proj.shape[-1] // (3 if complex_ else 2)
     W = proj.shape[-1] - d

@@ -38,7 +38,7 @@ def test_parameter_count_matches_spec_formula():
 
 
 def reference_hgru(m: HGRU, x, gamma):
-    """The mixer of spec §1 written out with an explicit loop over tokens."""
+    """The mixer of docs/spec.md §1 written out with an explicit loop over tokens."""
     d = m.dim
     p = torch.cat(m.in_proj(x), -1)  # [c | mu] and the gate, as one [c | mu | gate]
     c = torch.nn.functional.silu(p[..., :2 * d])

@@ -282,8 +282,9 @@ def _released_state_dict(d, L, H, p, C, num_classes, seed=0):
 
 
 def _plain_released_forward(sd, img, p, L):
-    """The spec's forward pass written directly on the released layout: patches flattened as
-    (p1, p2, c), interleaved (real, imag) input channels, an explicit sequential scan."""
+    """The forward pass of docs/spec.md §3.2 written directly on the released layout:
+    patches flattened as (p1, p2, c), interleaved (real, imag) input channels, an explicit
+    sequential scan."""
     B, C, Hi, Wi = img.shape
     h, w = Hi // p, Wi // p
     x = img.reshape(B, C, h, p, w, p).permute(0, 2, 4, 3, 5, 1).reshape(B, h * w, p * p * C)

@@ -6,7 +6,7 @@
 
 Prints one row per (shape, backend, pass) with the median time, the ratio to the
 ``reference`` backend measured in the same run (where it ran), the bytes the op must
-move at the least (spec §4: read u, v, lam once, write the states once) and, on a GPU,
+move at the least (docs/spec.md §4.2: read u, v, lam once, write the states once) and, on a GPU,
 the achieved GB/s and its fraction of a device-to-device copy measured in the same run.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ What is counted (conventions, also written into every JSON report):
 * Linear / conv / matmul: fvcore's own handles (bias adds not counted).
   Norms: fvcore's estimate, 5 per element with an affine, 4 without.
 * The HGRN scans (custom ops ``hgrn::*``), counted from the op's input shapes (B, N, D),
-  per batch element, token and channel (spec §4):
+  per batch element, token and channel (docs/spec.md §4.1):
     - ``hgrn::complex_scan``: 6 MACs = 4 for the complex multiply-add
       (hr = a*hr - b*hi + u, hi = a*hi + b*hr + v: 4 real multiplies, each paired with
       an add) + 2 for the gate arithmetic a = lam*cos(theta), b = lam*sin(theta)

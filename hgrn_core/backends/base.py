@@ -1,7 +1,7 @@
 """The contract every scan backend fulfils.
 
-A backend computes the complex first-order recurrence of the spec (§1) and its
-gradients (§5) on batch-first ``(B, N, D)`` tensors:
+A backend computes the complex first-order recurrence of docs/spec.md (§1.2, §1.3) and its
+gradients (§5.1) on batch-first ``(B, N, D)`` tensors:
 
     forward  (reverse=False):  h_t = lam_t e^{i theta} h_{t-1} + (u_t + i v_t),  h_0 = initial
     reverse  (reverse=True):   h_t = lam_t e^{i theta} h_{t+1} + (u_t + i v_t),  h_{N+1} = initial

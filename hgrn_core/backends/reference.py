@@ -1,7 +1,7 @@
 """The ``reference`` backend: the recurrence written as a plain sequential loop.
 
 This is the ground truth every other backend is tested against. It is written the
-most obvious way, in real arithmetic exactly as in the spec (§1), and its gradients
+most obvious way, in real arithmetic exactly as in docs/spec.md §1.2, and its gradients
 are whatever autograd makes of that loop (the backend is called directly, not through
 the custom op), so no hand-derived formula is trusted here. It computes in fp64 whatever
 the inputs' dtype (results are returned in the inputs' dtypes), as a ground truth should.

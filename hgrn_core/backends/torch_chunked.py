@@ -18,7 +18,7 @@ slices: no full-size temporary is made besides the outputs. On a CPU a fresh ful
 tensor costs new pages, which measured more than the arithmetic (and torch's complex
 dtype would need several such conversions per call).
 
-Gradients are hand-written (spec §5): the backward of a scan is the same scan run the
+Gradients are hand-written (docs/spec.md §5.1): the backward of a scan is the same scan run the
 other way over the output gradients, with conjugated decays shifted by one step.
 """
 from __future__ import annotations
@@ -167,7 +167,7 @@ def _scan_backward(g: Planes, gN: Optional[Planes], lam: Tensor, theta: Optional
 
     With D the total gradient of each state (a scan of g the other way, decays
     conj(a_{t+1})) and q = D conj(h_prev) e^{-i theta}:  dx = D, dlam = Re q,
-    dtheta = sum lam Im q (spec §5), dh0 = conj(a_first) D_first.
+    dtheta = sum lam Im q (docs/spec.md §5.1), dh0 = conj(a_first) D_first.
     Returns (dx planes, dlam, dtheta or None, dh0 planes or None).
     """
     if gN is not None:  # the final state is the state at the last step: its gradient adds there

@@ -46,11 +46,11 @@ a zero state, storing the boundaries, the cumulative decay from the segment edge
 boundary, and a per-segment summary (end state from zero, total decay) of every quantity --
 the main-walk quantities' summaries are accumulated while walking against them
 (E = sum_k (decay after k) E_k); launch B folds the few summaries of the segments before it
-(per quantity, in its own direction: multiplications only, never a division -- spec §6) into
-its carries and does the main walk.
+(per quantity, in its own direction: multiplications only, never a division --
+docs/spec.md §6) into its carries and does the main walk.
 
-Gradients (spec §5), recomputed from ``proj``: nothing fp32 of size B*N*d is stored. With
-``y = h - x = A h_prev`` (no shift needed) and D the gradient state of a direction:
+Gradients (docs/spec.md §5.2), recomputed from ``proj``: nothing fp32 of size B*N*d is
+stored. With ``y = h - x = A h_prev`` (no shift needed) and D the gradient state of a direction:
 ``q = sum_dir Re(D conj(y))``, ``dtheta_dir = sum Im(D conj(y))``; with
 ``dx = sum_dir D`` and ``dlam_x = -Re(dx conj(silu c))``:
 

@@ -17,9 +17,9 @@ Sequences longer than one tile:
     scheme. Pass 1 (``STORE_SUM``) scans every tile from a zero state and writes its end
     state and total decay; pass 2 (``_carry_kernel``) scans these few summaries across
     tiles; pass 3 re-scans each tile from its carry and writes the outputs. Nothing is ever
-    divided by a decay, so lam near 0 or 1 is safe (spec §6).
+    divided by a decay, so lam near 0 or 1 is safe (docs/spec.md §6).
 
-Backward (spec §5) recomputes the states: the op saves only inputs. Per direction the
+Backward (docs/spec.md §5.1) recomputes the states: the op saves only inputs. Per direction the
 gradient state ``D_t = G_t + conj(A_{t+1}) D_{t+1}`` is a scan in the opposite direction
 whose decays are shifted by one step (loaded at ``t+1``); ``h_{t-1}`` comes from a scan over
 inputs loaded at ``t-1`` whose first row is replaced by the tile's carry-in state. dtheta is

@@ -1,4 +1,4 @@
-"""HGRU: the hierarchically gated recurrent token mixer (spec §1).
+"""HGRU: the hierarchically gated recurrent token mixer (docs/spec.md §1).
 
     c_t   = SiLU(x_t W_c + b_c)              complex input (d real, d imaginary channels)
     lam_t = gamma + (1 - gamma) sigmoid(x_t W_mu + b_mu)
@@ -39,7 +39,7 @@ State = Union[Tensor, Tuple[Tensor, Tensor]]
 
 
 def phase_init(dim: int) -> Tensor:
-    """theta_j = 10000^(-2j/d), j = 0..d-1 (spec §1)."""
+    """theta_j = 10000^(-2j/d), j = 0..d-1 (docs/spec.md §1.5)."""
     return 10000.0 ** (-2.0 * torch.arange(dim, dtype=torch.float32) / dim)
 
 
