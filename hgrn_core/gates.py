@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backends.base import compute_dtype
+from .precision import compute_dtype
 
 
 class Gates(NamedTuple):

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from .backends import chosen_automatically, get_backend, op_backend, resolve_backend, run_backend
-from .backends.base import DIRECTIONS, compute_dtype
+from .backends.base import DIRECTIONS
+from .precision import compute_dtype
 from .checks import check_float, describe, values_checked
 from .ops import out_like
 
@@ -197,8 +198,12 @@ def hgru(proj: Tensor, lower_bound: Optional[Tensor] = None,
     impl = resolve_backend(backend, proj.device)
     tf = theta_forward if direction != "reverse" else None
     tr = theta_reverse if direction != "forward" else None
-    if chosen_automatically(backend):  # the op resolves "auto" itself, with its fallback
-        h, hN = hgru_op(proj, lower_bound, tf, tr, h0, direction, "auto")
-    else:
-        h, hN = impl.hgru(proj, lower_bound, tf, tr, h0, direction)
+    if impl.autograd_loop:  # the reference loop, differentiated by autograd (no op)
+        h, hN = impl.hgru_forward(proj, lower_bound, tf, tr, h0, direction)
+        h = h.to(proj.dtype)
+        hN = _state(proj, h.shape[-1]).zero_() if hN is None else hN.to(
+            compute_dtype(proj.dtype))
+    else:  # the op; under an automatic choice it resolves "auto" itself, with its fallback
+        name = "auto" if chosen_automatically(backend) else impl.name
+        h, hN = hgru_op(proj, lower_bound, tf, tr, h0, direction, name)
     return (h, hN) if return_final_state else h

@@ -19,11 +19,17 @@ from torch import Tensor
 
 from .backends import resolve_backend
 from .checks import check_float, describe, values_checked
+from .ops import bidirectional_scan_op, complex_scan_op, real_scan_op
 
 State = Tuple[Tensor, Tensor]
 
 
 # ------------------------------------------------------------------------------ validation
+def _like(outputs, like: Tensor):
+    """A differentiable backend's outputs (computed in fp64) in the inputs' dtype."""
+    return tuple(o.to(like.dtype) for o in outputs)
+
+
 def _check_sequences(**named: Tensor) -> Tensor:
     """Same-shape (B, N, D) sequences on one device with one dtype; returns the first."""
     first_name, first = next(iter(named.items()))
@@ -88,7 +94,10 @@ def complex_scan(u: Tensor, v: Tensor, lam: Tensor, theta: Tensor, *, reverse: b
     h0r, h0i = _check_state("initial_state", initial_state, first, True)
     _check_lam(lam)
     impl = resolve_backend(backend, first.device)
-    hr, hi, hNr, hNi = impl.complex_scan(u, v, lam, theta, h0r, h0i, reverse)
+    if impl.autograd_loop:  # the reference loop, differentiated by autograd (no op)
+        hr, hi, hNr, hNi = _like(impl.complex_forward(u, v, lam, theta, h0r, h0i, reverse), u)
+    else:
+        hr, hi, hNr, hNi = complex_scan_op(u, v, lam, theta, h0r, h0i, reverse, impl.name)
     return (hr, hi, (hNr, hNi)) if return_final_state else (hr, hi)
 
 
@@ -103,7 +112,9 @@ def bidirectional_scan(u: Tensor, v: Tensor, lam: Tensor, theta_forward: Tensor,
     _check_vector("theta_reverse", theta_reverse, first, (D,), "one phase per channel")
     _check_lam(lam)
     impl = resolve_backend(backend, first.device)
-    return impl.bidirectional_scan(u, v, lam, theta_forward, theta_reverse)
+    if impl.autograd_loop:
+        return _like(impl.bidirectional_forward(u, v, lam, theta_forward, theta_reverse), u)
+    return bidirectional_scan_op(u, v, lam, theta_forward, theta_reverse, impl.name)
 
 
 def real_scan(x: Tensor, lam: Tensor, *, reverse: bool = False,
@@ -115,5 +126,8 @@ def real_scan(x: Tensor, lam: Tensor, *, reverse: bool = False,
     (h0,) = _check_state("initial_state", initial_state, first, False)
     _check_lam(lam)
     impl = resolve_backend(backend, first.device)
-    h, hN = impl.real_scan(x, lam, h0, reverse)
+    if impl.autograd_loop:
+        h, hN = _like(impl.real_forward(x, lam, h0, reverse), x)
+    else:
+        h, hN = real_scan_op(x, lam, h0, reverse, impl.name)
     return (h, hN) if return_final_state else h

@@ -9,6 +9,7 @@ and ``gpu_report`` evaluates and renders them. On the CPU they run with tiny sha
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import platform
@@ -18,21 +19,49 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 if not __package__:  # imported as ``gpu_measure`` from a checkout's tools/: find hgrn_core
     _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if os.path.isdir(os.path.join(_root, "hgrn_core")) and _root not in sys.path:
         sys.path.insert(0, _root)
 
-if TYPE_CHECKING:  # annotations only: gpu_report imports this module
-    from .gpu_report import Plan
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 GPU_TEST_FILES = ("tests/test_triton_backend.py", "tests/test_triton_hgru.py",
                   "tests/test_norm_gate.py")
+
+
+# ----------------------------------------------------------------------------------- plan
+@dataclasses.dataclass
+class Plan:
+    name: str
+    batch: int = 256                      # goal points of the small models
+    size: int = 224
+    tiny_points: Tuple[Tuple[int, int, float], ...] = ((896, 8, 2.0), (1248, 8, 3.0))
+    sweep_sizes: Tuple[int, ...] = (224, 448, 672, 896, 1120, 1248)
+    sweep_tokens: int = 16384             # sweep batch = sweep_tokens / HGRN tokens
+    sweep_max_batch: int = 64
+    warmup: int = 3
+    iters: int = 15
+    sweep_warmup: int = 2
+    sweep_iters: int = 8
+    op_shapes: Tuple[Tuple[int, int, int], ...] = ((256, 256, 384), (8, 16384, 384))
+    fla_shapes: Tuple[Tuple[int, int, int], ...] = ((128, 256, 384), (8, 4096, 192),
+                                                    (8, 16384, 384))
+    op_warmup: int = 5
+    op_iters: int = 20
+    copy_bytes: int = GIB
+    test_timeout: float = 150.0
+    budget_s: float = 330.0               # everything after start-up; the sweep is cut first
+    hgru_fwd_target: float = 0.6
+    hgru_fwdbwd_target: float = 0.4
+
+    def sweep_batch(self, size: int) -> int:
+        tokens = (size // 14) ** 2
+        return max(1, min(self.sweep_max_batch, round(self.sweep_tokens / tokens)))
+
 
 
 # label -> (timm name, extra kwargs, patch size, what the table calls it)

@@ -57,13 +57,13 @@ if not __package__:  # run as ``python tools/gpu_report.py`` from a checkout: fi
 # ``collect`` looks them up here: a test may monkeypatch ``gpu_report.measure_model``).
 if __package__:  # installed as hgrn_tools (or imported as tools.gpu_report)
     from .gpu_measure import (  # noqa: F401 - re-exported
-        GIB, GPU_TEST_FILES, MIB, MODELS, ROOT, _cleanup, _err, _log, copy_bandwidth,
+        GIB, GPU_TEST_FILES, MIB, MODELS, ROOT, Plan, _cleanup, _err, _log, copy_bandwidth,
         environment, git_commit, is_oom, measure_hgru_bandwidth, measure_model,
         measure_real_vs_fla, parse_pytest_output, run_gpu_tests, side_for, time_op, time_steps,
         tokens_for)
 else:  # run as a script: its folder is on sys.path
     from gpu_measure import (  # type: ignore  # noqa: F401 - re-exported
-        GIB, GPU_TEST_FILES, MIB, MODELS, ROOT, _cleanup, _err, _log, copy_bandwidth,
+        GIB, GPU_TEST_FILES, MIB, MODELS, ROOT, Plan, _cleanup, _err, _log, copy_bandwidth,
         environment, git_commit, is_oom, measure_hgru_bandwidth, measure_model,
         measure_real_vs_fla, parse_pytest_output, run_gpu_tests, side_for, time_op, time_steps,
         tokens_for)
@@ -85,35 +85,6 @@ EQUAL_WORK_NOTE = ("equal bytes: fla's kernels read precomputed x and log-forget
 
 
 # ----------------------------------------------------------------------------------- plan
-@dataclasses.dataclass
-class Plan:
-    name: str
-    batch: int = 256                      # goal points of the small models
-    size: int = 224
-    tiny_points: Tuple[Tuple[int, int, float], ...] = ((896, 8, 2.0), (1248, 8, 3.0))
-    sweep_sizes: Tuple[int, ...] = (224, 448, 672, 896, 1120, 1248)
-    sweep_tokens: int = 16384             # sweep batch = sweep_tokens / HGRN tokens
-    sweep_max_batch: int = 64
-    warmup: int = 3
-    iters: int = 15
-    sweep_warmup: int = 2
-    sweep_iters: int = 8
-    op_shapes: Tuple[Tuple[int, int, int], ...] = ((256, 256, 384), (8, 16384, 384))
-    fla_shapes: Tuple[Tuple[int, int, int], ...] = ((128, 256, 384), (8, 4096, 192),
-                                                    (8, 16384, 384))
-    op_warmup: int = 5
-    op_iters: int = 20
-    copy_bytes: int = GIB
-    test_timeout: float = 150.0
-    budget_s: float = 330.0               # everything after start-up; the sweep is cut first
-    hgru_fwd_target: float = 0.6
-    hgru_fwdbwd_target: float = 0.4
-
-    def sweep_batch(self, size: int) -> int:
-        tokens = (size // 14) ** 2
-        return max(1, min(self.sweep_max_batch, round(self.sweep_tokens / tokens)))
-
-
 PLANS = {
     "full": Plan("full"),
     "quick": Plan("quick", batch=32, tiny_points=((448, 4, 2.0), (672, 2, 3.0)),

@@ -16,9 +16,14 @@ casts results back to the dtypes of the inputs.
 
 The HGRU op (``hgrn::hgru``: the whole recurrent core, from ``in_proj``'s output to the
 state) is ``hgru_forward`` / ``hgru_backward``; the base class composes it from the gates
-(``hgrn_core.gates``) and the scans above, fused backends override it. The public API calls
-a backend through its entry points (``hgru``, ``complex_scan``, ...), which run the custom
-ops; a backend differentiated by autograd itself (the reference loop) overrides them.
+(``hgrn_core.gates``) and the scans above, fused backends override it.
+
+Layers (tests/test_import_layers.py keeps them free of circles): the public API
+(``hgrn_core.scan``, ``hgru()``, ``norm_gate()``, the mixers) calls the custom ops
+(``hgrn_core.ops``, the ops of ``hgru_op`` / ``norm_gate_op``), which call a backend; a
+backend uses the gates, the plain torch compositions and its kernels, and imports nothing
+above it. A backend differentiated by autograd itself (``autograd_loop``: the reference loop)
+is called by the public API directly, without the ops.
 """
 from __future__ import annotations
 
@@ -26,6 +31,10 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from ..gates import hgru_gates, hgru_gates_backward
+from ..norm_gate_torch import norm_gate_reference_backward, norm_gate_reference_forward
+from ..precision import compute_dtype  # noqa: F401  (re-exported: backends.base.compute_dtype)
 
 
 DIRECTIONS = ("forward", "reverse", "both")
@@ -35,22 +44,9 @@ class ScanBackend:
     name: str = "base"
     description: str = ""
 
-    # --- entry points of the public API: the custom ops (autograd, compile, tracing) -------
-    def hgru(self, proj, lower_bound, theta_f, theta_r, h0, direction):
-        from ..hgru_op import hgru_op
-        return hgru_op(proj, lower_bound, theta_f, theta_r, h0, direction, self.name)
-
-    def complex_scan(self, u, v, lam, theta, h0r, h0i, reverse):
-        from ..ops import complex_scan_op
-        return complex_scan_op(u, v, lam, theta, h0r, h0i, reverse, self.name)
-
-    def bidirectional_scan(self, u, v, lam, theta_f, theta_r):
-        from ..ops import bidirectional_scan_op
-        return bidirectional_scan_op(u, v, lam, theta_f, theta_r, self.name)
-
-    def real_scan(self, x, lam, h0, reverse):
-        from ..ops import real_scan_op
-        return real_scan_op(x, lam, h0, reverse, self.name)
+    # True for a backend whose forward methods are differentiated by autograd itself (the
+    # reference loop): the public API calls them directly instead of the custom ops
+    autograd_loop: bool = False
 
     def is_available(self, device: torch.device) -> bool:
         """Whether this backend can run on tensors living on ``device``."""
@@ -104,7 +100,6 @@ class ScanBackend:
     # theta_r None); direction 'forward' | 'reverse' | 'both'; h0 (B, W) for one direction.
     def hgru_forward(self, proj, lower_bound, theta_f, theta_r, h0, direction):
         """Returns ``h`` (B, N, W) and the final state ``hN`` (B, W) (None for 'both')."""
-        from ..gates import hgru_gates
         complex_ = theta_f is not None or theta_r is not None
         g = hgru_gates(proj, lower_bound, complex_)
         h0 = None if h0 is None else h0.to(g.x.dtype)
@@ -125,7 +120,6 @@ class ScanBackend:
     def hgru_backward(self, dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction):
         """Returns ``dproj`` (B, N, W + d), ``dlower_bound``, ``dtheta_f``, ``dtheta_r``,
         ``dh0`` (None where the input was None or unused). Gates are recomputed."""
-        from ..gates import hgru_gates, hgru_gates_backward
         complex_ = theta_f is not None or theta_r is not None
         g = hgru_gates(proj, lower_bound, complex_)
         dt = g.x.dtype
@@ -164,18 +158,11 @@ class ScanBackend:
     # The default is the plain torch composition; fused backends override it.
     def norm_gate_forward(self, h, gate, weight, bias, eps):
         """Returns ``y`` (B, N, W) in h's dtype and ``mean, rstd`` (B, N) fp32 statistics."""
-        from ..norm_gate_op import norm_gate_reference_forward
         return norm_gate_reference_forward(h, gate, weight, bias, eps)
 
     def norm_gate_backward(self, dy, h, gate, weight, bias, mean, rstd, eps):
         """Returns ``dh, dgate, dweight, dbias`` (the last two None without weight / bias)."""
-        from ..norm_gate_op import norm_gate_reference_backward
         return norm_gate_reference_backward(dy, h, gate, weight, bias, mean, rstd, eps)
 
     def __repr__(self) -> str:
         return f"<hgrn scan backend {self.name!r}>"
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Low-precision inputs are accumulated in fp32; fp64 stays fp64 (for gradcheck)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ScanBackend, compute_dtype
+from .base import ScanBackend
 
 
 def _loop_complex(u, v, lam, theta, h0r, h0i, reverse):
@@ -46,38 +46,19 @@ def _upcast(*tensors):
     return [None if t is None else t.to(torch.float64) for t in tensors]
 
 
-def _cast(outputs, like):
-    return tuple(o.to(like.dtype) for o in outputs)
-
-
 class ReferenceBackend(ScanBackend):
-    """Its entry points run the loop directly, without the custom ops, so that its
-    gradients are autograd's of the plain loop (no backward methods of its own)."""
+    """The public API runs the loop directly, without the custom ops (``autograd_loop``), so
+    that its gradients are autograd's of the plain loop (no backward methods of its own)."""
     name = "reference"
     description = "plain sequential loop (ground truth; slow)"
+    autograd_loop = True
 
     def is_available(self, device):
         return True
 
-    # --- entry points: the loop itself, differentiated by autograd --------------------------
-    def hgru(self, proj, lower_bound, theta_f, theta_r, h0, direction):
-        h, hN = self.hgru_forward(proj, lower_bound, theta_f, theta_r, h0, direction)
-        if hN is None:
-            hN = h.new_zeros(h.shape[0], h.shape[2])
-        return h.to(proj.dtype), hN.to(compute_dtype(proj.dtype))
-
     def hgru_forward(self, proj, lower_bound, theta_f, theta_r, h0, direction):
         # the gates and the loop in fp64 (the base class composes them)
         return super().hgru_forward(*_upcast(proj, lower_bound, theta_f, theta_r, h0), direction)
-
-    def complex_scan(self, u, v, lam, theta, h0r, h0i, reverse):
-        return _cast(self.complex_forward(u, v, lam, theta, h0r, h0i, reverse), u)
-
-    def bidirectional_scan(self, u, v, lam, theta_f, theta_r):
-        return _cast(self.bidirectional_forward(u, v, lam, theta_f, theta_r), u)
-
-    def real_scan(self, x, lam, h0, reverse):
-        return _cast(self.real_forward(x, lam, h0, reverse), x)
 
     def complex_forward(self, u, v, lam, theta, h0r, h0i, reverse):
         return _loop_complex(*_upcast(u, v, lam, theta, h0r, h0i), reverse)

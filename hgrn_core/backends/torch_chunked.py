@@ -29,7 +29,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .base import ScanBackend, compute_dtype
+from ..precision import compute_dtype
+from .base import ScanBackend
 
 Planes = Tuple[Tensor, ...]  # (real,) or (real, imag)
 
