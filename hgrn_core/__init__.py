@@ -10,6 +10,11 @@ from .norm_gate_op import norm_gate
 from .mixers import (HGRU, AttentionMixer, TokenMixer, create_mixer, get_mixer_class, list_mixers,
                      register_mixer)
 from .scan import bidirectional_scan, complex_scan, real_scan
+from . import onnx_export as _onnx_export
+
+# torch.onnx.export (both exporters) translates the hgrn ops once hgrn_core is imported;
+# onnxscript is not imported here (see hgrn_core.onnx_export.install)
+_onnx_export.install()
 
 __version__ = "0.1.0"
 

@@ -1,11 +1,27 @@
 """ONNX export of the hgrn models: translations of ``hgrn::hgru`` and ``hgrn::norm_gate``
-into standard ONNX operators, for ``torch.onnx.export(..., dynamo=True)``.
+into standard ONNX operators, for both of ``torch.onnx.export``'s exporters.
 
     from hgrn_core.onnx_export import export_onnx, onnx_translation_table
     program = export_onnx(model, torch.randn(2, 3, 224, 224), "model.onnx")
-    # or by hand:
+    # or plainly, once hgrn_core is imported (both exporters; timm's onnx_export.py):
+    torch.onnx.export(model, (x,), "model.onnx", dynamo=True)     # torch.export based
+    torch.onnx.export(model, (x,), "model.onnx", dynamo=False)    # TorchScript based
+    # or with the table passed explicitly:
     torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=...,
                       custom_translation_table=onnx_translation_table())
+
+Importing ``hgrn_core`` registers the translations with both exporters (``install()``):
+
+* the TorchScript exporter (``dynamo=False``, what timm's ``onnx_export.py`` uses): symbolic
+  functions registered with ``torch.onnx.register_custom_op_symbolic`` (opset >= 18) emit
+  each op as a call of a model-local ONNX function (domain ``hgrn_onnx``, one function per
+  direction / optional-input combination) whose body is the translation below, recorded
+  into a ``FunctionProto`` (``g.onnxscript_op``); onnxruntime inlines it;
+* the torch.export exporter (``dynamo=True``): the translations are added to onnxscript's
+  torch_lib registry (``onnxscript.function_libs.torch_lib.registration.torch_op``), from
+  which ``torch.onnx.export`` builds its registry on every call. So that importing hgrn
+  does not import onnxscript (seconds), this happens when that registry module is first
+  imported (a one-shot import hook), or at once if it already is.
 
 ``onnxscript`` (and ``onnx``) are imported only when a translation is asked for: the
 package imports without them (``pip install hgrn[onnx]`` installs them).
@@ -44,12 +60,22 @@ The math runs in fp32 (inputs in another dtype are cast; fp64 is not supported).
 """
 from __future__ import annotations
 
+import importlib.abc
 import itertools
-from typing import Any, Dict, Optional, Sequence, Tuple
+import sys
+import warnings
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
 ONNX_EXTRA_HINT = "pip install 'hgrn[onnx]' (onnx, onnxscript, onnxruntime)"
+# what to try when the automatic registration is not in effect
+EXPLICIT_HINT = ("pass custom_translation_table=hgrn_core.onnx_export.onnx_translation_table() "
+                 "to torch.onnx.export(..., dynamo=True), or use hgrn_core.onnx_export."
+                 "export_onnx() or the hgrn-export command")
+# the domain of the ONNX functions the TorchScript exporter's symbolics emit
+FUNCTION_DOMAIN = "hgrn_onnx"
+MIN_OPSET = 18  # Split(num_outputs), LayerNormalization, ReduceSum(axes input)
 
 # chunk length C = ceil(CHUNK_FACTOR * sqrt(N)): the first Scan runs C steps on tensors of
 # N / C tokens, the second N / C steps on single states (pure per-step overhead), so the
@@ -59,6 +85,7 @@ ONNX_EXTRA_HINT = "pip install 'hgrn[onnx]' (onnx, onnxscript, onnxruntime)"
 CHUNK_FACTOR = 2.0
 _names = itertools.count()
 _cache: Dict[str, Any] = {}
+_functions: Dict[Any, Any] = {}   # the ONNX functions of the TorchScript exporter's symbolics
 
 
 def require_onnx(*modules: str) -> None:
@@ -331,5 +358,266 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, f: Optional[str] 
     return program
 
 
+# --------------------------------------------- the TorchScript exporter (dynamo=False)
+class _Recorder:
+    """An onnxscript evaluator that records the translation's op calls as ``onnx_ir``
+    nodes (instead of running them), to make a function body of them."""
+
+    def __init__(self) -> None:
+        self.nodes: list = []
+
+    def _record(self, domain: str, op_type: str, args, kwargs):
+        import onnx_ir as ir
+        inputs = list(args)
+        for x in inputs:
+            if x is not None and not isinstance(x, ir.Value):
+                raise TypeError(f"{op_type}: input {x!r} is not a value (the translation "
+                                f"passes constants as Constant nodes)")
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        attrs = ir.convenience.convert_attributes(
+            {k: v for k, v in kwargs.items() if v is not None})
+        n_out = int(kwargs["num_outputs"]) if op_type == "Split" and "num_outputs" in kwargs else 1
+        node = ir.Node(domain, op_type, inputs, attributes=attrs, num_outputs=n_out,
+                       name=f"{op_type}_{len(self.nodes)}")
+        self.nodes.append(node)
+        outs = list(node.outputs)
+        for i, out in enumerate(outs):
+            out.name = f"{node.name}_out{i}"
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def eval_op(self, op, args, kwargs):  # onnxscript >= 0.6
+        return self._record(op.opset.domain, op.name, args, kwargs)
+
+    def eval(self, schema, args, kwargs):  # onnxscript < 0.6
+        return self._record(schema.domain, schema.name, args, kwargs)
+
+    def eval_function(self, function, args, kwargs):
+        raise NotImplementedError("the hgrn translations call no onnxscript functions")
+
+
+class _FunctionOp:
+    """What ``GraphContext.onnxscript_op`` needs of an onnxscript function: ``name``,
+    ``opset`` (domain and version) and ``to_function_proto()``."""
+
+    def __init__(self, name: str, proto) -> None:
+        from onnxscript import values
+        self.name, self._proto = name, proto
+        self.opset = values.Opset(FUNCTION_DOMAIN, 1)  # the exporter looks custom domains up at 1
+
+    def to_function_proto(self):
+        return self._proto
+
+
+def _function(op: str, present: Tuple[str, ...], attrs: Dict[str, Any], opset: int) -> _FunctionOp:
+    """The translation of ``op`` as an ONNX function taking the ``present`` inputs (the
+    absent optional ones are None), specialised to ``attrs``; cached."""
+    key = (op, present, tuple(sorted(attrs.items())), opset)
+    if key in _functions:
+        return _functions[key]
+    impl = _impl()
+    import onnx_ir as ir
+    from onnxscript import evaluator
+    signature = {"hgru": ("proj", "lower_bound", "theta_f", "theta_r", "h0"),
+                 "norm_gate": ("h", "gate", "weight", "bias")}[op]
+    inputs = {n: ir.Value(name=n) for n in present}
+    recorder = _Recorder()
+    with evaluator.default_as(recorder):
+        outs = impl[op](*(inputs.get(n) for n in signature), **attrs)
+    tags = [f"{k}_{v}".replace(".", "p").replace("-", "m") for k, v in sorted(attrs.items())
+            if k in ("direction", "eps")]
+    name = "_".join([op, *tags, *present])
+    for i, out in enumerate(outs):
+        out.name = f"output_{i}"
+    graph = ir.Graph(list(inputs.values()), list(outs), nodes=recorder.nodes,
+                     opset_imports={"": opset}, name=name)
+    function = ir.Function(FUNCTION_DOMAIN, name, graph=graph, attributes=[])
+    fn = _FunctionOp(name, ir.serde.serialize_function(function))
+    _functions[key] = fn
+    return fn
+
+
+def _symbolic_inputs(names: Sequence[str], values: Sequence[Any]):
+    """The names and values of the inputs given (not None in the TorchScript graph)."""
+    from torch.onnx import symbolic_helper as sh
+    present = tuple(n for n, v in zip(names, values) if v is not None and not sh._is_none(v))
+    return present, [v for n, v in zip(names, values) if n in present]
+
+
+def _need_translation(g, op: str) -> None:
+    try:
+        require_onnx("onnx", "onnxscript", "onnx_ir")
+    except ImportError as err:
+        raise ImportError(f"exporting hgrn::{op} to ONNX: {err}") from None
+    if g.opset < MIN_OPSET:
+        raise RuntimeError(f"exporting hgrn::{op} to ONNX needs opset >= {MIN_OPSET}, "
+                           f"got {g.opset}: pass opset_version={MIN_OPSET} or higher")
+
+
+def _typed(value, like, rank: int, last: Optional[int], dtype: Optional[torch.dtype] = None):
+    """Type an output of a function call for the exporter's shape inference (which cannot
+    see into the function): ``like``'s dtype (or ``dtype``), ``rank`` dimensions, all
+    unknown (the batch and token counts may be dynamic) but the last, ``last``."""
+    t = like.type()
+    if isinstance(t, torch._C.TensorType):
+        if dtype is not None:
+            t = t.with_dtype(dtype)
+        value.setType(t.with_sizes([None] * (rank - 1) + [last]))
+    return value
+
+
+def _last_dim(v) -> Optional[int]:
+    t = v.type()
+    sizes = t.varyingSizes() if isinstance(t, torch._C.TensorType) else None
+    return sizes[-1] if sizes else None
+
+
+def _hgru_symbolic(g, proj, lower_bound, theta_f, theta_r, h0, direction, backend):
+    """hgrn::hgru for the TorchScript exporter: a call of the translation as an ONNX
+    function (the backend is irrelevant)."""
+    from torch.onnx import symbolic_helper as sh
+    _need_translation(g, "hgru")
+    direction = sh._maybe_get_const(direction, "s")
+    present, args = _symbolic_inputs(("proj", "lower_bound", "theta_f", "theta_r", "h0"),
+                                     (proj, lower_bound, theta_f, theta_r, h0))
+    fn = _function("hgru", present, {"direction": direction}, g.opset)
+    h, final = g.onnxscript_op(fn, *args, outputs=2)
+    P, W = _last_dim(proj), None
+    if P is not None:  # proj = [c (W) | mu (d)], W = 2d (complex) or d
+        W = P - P // (3 if ("theta_f" in present or "theta_r" in present) else 2)
+    return _typed(h, proj, 3, W), _typed(final, proj, 2, W, torch.float32)
+
+
+def _norm_gate_symbolic(g, h, gate, weight, bias, eps, backend):
+    """hgrn::norm_gate for the TorchScript exporter: a call of the translation as an ONNX
+    function."""
+    from torch.onnx import symbolic_helper as sh
+    _need_translation(g, "norm_gate")
+    eps = float(sh._maybe_get_const(eps, "f"))
+    present, args = _symbolic_inputs(("h", "gate", "weight", "bias"), (h, gate, weight, bias))
+    fn = _function("norm_gate", present, {"eps": eps}, g.opset)
+    y, mean, rstd = g.onnxscript_op(fn, *args, outputs=3)
+    return (_typed(y, h, 3, _last_dim(h)), _typed(mean, h, 2, None, torch.float32),
+            _typed(rstd, h, 2, None, torch.float32))
+
+
+def register_torchscript_symbolics() -> bool:
+    """Register the symbolic functions of ``hgrn::hgru`` and ``hgrn::norm_gate`` with the
+    TorchScript exporter (``torch.onnx.export(..., dynamo=False)``), at opset 18 and up.
+    Cheap (imports neither onnx nor onnxscript). Returns False where that exporter is gone."""
+    register = getattr(torch.onnx, "register_custom_op_symbolic", None)
+    if register is None:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the TorchScript exporter is deprecated
+        register("hgrn::hgru", _hgru_symbolic, MIN_OPSET)
+        register("hgrn::norm_gate", _norm_gate_symbolic, MIN_OPSET)
+    return True
+
+
+# ------------------------------------------------ the torch.export exporter (dynamo=True)
+TORCHLIB_REGISTRATION = "onnxscript.function_libs.torch_lib.registration"
+
+
+def _torchlib_hgru(proj, lower_bound=None, theta_f=None, theta_r=None, h0=None,
+                   direction: str = "both", backend: str = "auto"):
+    """hgrn::hgru, as registered in onnxscript's torch_lib (see ``_impl``)."""
+    return _impl()["hgru"](proj, lower_bound, theta_f, theta_r, h0, direction, backend)
+
+
+def _torchlib_norm_gate(h, gate, weight=None, bias=None, eps: float = 1e-5,
+                        backend: str = "auto"):
+    """hgrn::norm_gate, as registered in onnxscript's torch_lib (see ``_impl``)."""
+    return _impl()["norm_gate"](h, gate, weight, bias, eps, backend)
+
+
+def register_dynamo_translations(registration=None) -> None:
+    """Add the translations to onnxscript's torch_lib registry, which
+    ``torch.onnx.export(..., dynamo=True)`` reads on every call (imports onnxscript)."""
+    if registration is None:
+        import importlib
+        registration = importlib.import_module(TORCHLIB_REGISTRATION)
+    registry = registration.default_registry
+    for name, fn in (("hgrn::hgru", _torchlib_hgru), ("hgrn::norm_gate", _torchlib_norm_gate)):
+        if name not in registry:
+            registration.torch_op(name, trace_only=True)(fn)
+
+
+class _WhenImported(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """A one-shot import hook: runs ``callback(module)`` once ``name`` has been imported
+    (by whoever imports it), then steps aside."""
+
+    def __init__(self, name: str, callback: Callable[[Any], None]) -> None:
+        self.name, self.callback, self._loader = name, callback, None
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name or self._loader is not None:
+            return None
+        for finder in sys.meta_path:
+            if isinstance(finder, _WhenImported) or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        self._loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        loader = self._loader
+        loader.exec_module(module)
+        module.__loader__ = loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = loader
+        self.remove()
+        self.callback(module)
+
+    def remove(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+_installed = False
+
+
+def install() -> None:
+    """Register the translations with both exporters (idempotent; called on importing
+    ``hgrn_core``): the TorchScript symbolics now, the torch_lib entries now if onnxscript's
+    torch_lib registry is imported already, else when it is."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    try:
+        register_torchscript_symbolics()
+    except Exception as err:  # an exporter API changed: do not break importing hgrn
+        warnings.warn(f"hgrn: could not register the ONNX symbolics of the hgrn ops with the "
+                      f"TorchScript exporter ({type(err).__name__}: {err}); {EXPLICIT_HINT}",
+                      RuntimeWarning)
+    module = sys.modules.get(TORCHLIB_REGISTRATION)
+    if module is not None:
+        _register_quietly(module)
+    else:
+        sys.meta_path.insert(0, _WhenImported(TORCHLIB_REGISTRATION, _register_quietly))
+
+
+def _register_quietly(module) -> None:
+    """``register_dynamo_translations``, warning instead of raising (it runs inside an
+    import of onnxscript, which must not fail because of hgrn)."""
+    try:
+        register_dynamo_translations(module)
+    except Exception as err:
+        warnings.warn(f"hgrn: could not register the ONNX translations with "
+                      f"torch.onnx.export(dynamo=True) ({type(err).__name__}: {err}); "
+                      f"{EXPLICIT_HINT}", RuntimeWarning)
+
+
 __all__ = ["export_onnx", "onnx_translation_table", "image_dynamic_shapes", "model_patch_size",
-           "require_onnx", "ONNX_EXTRA_HINT"]
+           "require_onnx", "install", "register_torchscript_symbolics",
+           "register_dynamo_translations", "ONNX_EXTRA_HINT", "EXPLICIT_HINT"]

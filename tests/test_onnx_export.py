@@ -269,3 +269,191 @@ def test_package_imports_without_onnx_and_cli_names_the_extra(tmp_path):
     assert res.returncode == 12, res.stderr
     assert "pip install 'hgrn[onnx]'" in res.stderr
     assert "onnx" in res.stderr.split("needs")[1]
+
+
+# ------------------------------------- plain torch.onnx.export, as timm and its users call it
+# importing hgrn_core registers the translations with both exporters (onnx_export.install)
+PLAIN = dict(TINY, img_size=56)
+
+
+@pytest.fixture(scope="module")
+def plain_model():
+    import timm
+    import hgrn_vision  # noqa: F401
+    torch.manual_seed(1)
+    model = timm.create_model("hgrn_deit_tiny", **PLAIN).eval()
+    with torch.no_grad():  # non-trivial lower bounds and phases
+        model.lower_bound.logits.normal_()
+        for blk in model.blocks:
+            blk.mixer.theta_forward.uniform_(-3, 3)
+            blk.mixer.theta_reverse.uniform_(-3, 3)
+    return model
+
+
+def check_against_eager(ort, model, path, cases):
+    sess = session(ort, path)
+    name = sess.get_inputs()[0].name
+    for b, h, w in cases:
+        x = torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(h + w + b))
+        with torch.no_grad():
+            ref = model(x).numpy()
+        out = sess.run(None, {name: x.numpy()})[0]
+        assert out.shape == ref.shape, (b, h, w)
+        assert relative(out, ref) <= TOL, (b, h, w)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_plain_torch_onnx_export(tmp_path, plain_model, dynamo):
+    """torch.onnx.export(model, (x,), f) with either exporter and no hgrn-specific argument."""
+    ort = need_onnx()
+    import onnx
+    path = str(tmp_path / "plain.onnx")
+    x = torch.randn(2, 3, 56, 56)
+    torch.onnx.export(plain_model, (x,), path, dynamo=dynamo)
+    onnx.checker.check_model(path, full_check=True)
+    check_against_eager(ort, plain_model, path, [(2, 56, 56)])
+
+
+def test_timm_torchscript_call_emulated(tmp_path, plain_model):
+    """The exact call of timm.utils.onnx.onnx_export (timm 1.0.31) for onnx_export.py
+    --dynamic-size: the TorchScript exporter, dynamic batch, height and width; then its
+    checks (full checker, onnxruntime to 3 decimals), and ours at another batch and size."""
+    ort = need_onnx()
+    import onnx
+    path = str(tmp_path / "timm_call.onnx")
+    x = torch.randn(1, 3, 56, 56)
+    with torch.inference_mode():
+        original_out = plain_model(x)
+    torch.onnx.export(
+        plain_model, x, path,
+        training=torch.onnx.TrainingMode.EVAL, export_params=True, verbose=False,
+        input_names=["input0"], output_names=["output0"], keep_initializers_as_inputs=None,
+        dynamic_axes={"input0": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch"}},
+        opset_version=None, operator_export_type=torch.onnx.OperatorExportTypes.ONNX,
+        dynamo=False)
+    onnx.checker.check_model(path, full_check=True)
+    sess = session(ort, path)
+    onnx_out = sess.run([], {"input0": x.numpy()})[0]
+    np.testing.assert_almost_equal(original_out.numpy(), onnx_out, decimal=3)
+    check_against_eager(ort, plain_model, path, [(1, 56, 56), (3, 84, 70), (2, 28, 42)])
+    proto = onnx.load(path)
+    # the hgrn ops are calls of model-local functions (standard operators inside)
+    assert {n.domain for n in proto.graph.node} <= {"", "hgrn_onnx"}
+    functions = {f.name: f for f in proto.functions}
+    assert any(name.startswith("hgru_direction_both") for name in functions), list(functions)
+    assert any(name.startswith("norm_gate") for name in functions), list(functions)
+    for f in functions.values():
+        assert {n.domain for n in f.node} <= {"", "ai.onnx"}
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
+
+
+@pytest.mark.parametrize("use_dynamo", [False, True])
+def test_timm_onnx_export_function(tmp_path, plain_model, use_dynamo):
+    """timm.utils.onnx.onnx_export, which timm's onnx_export.py calls, with its forward check
+    (it raises if onnxruntime differs from torch in the 3rd decimal)."""
+    ort = need_onnx()
+    from timm.utils.onnx import onnx_export
+    path = str(tmp_path / "timm.onnx")
+    onnx_export(plain_model, path, check_forward=True, batch_size=1, input_size=(3, 56, 56),
+                dynamic_size=True, use_dynamo=use_dynamo)
+    check_against_eager(ort, plain_model, path, [(1, 56, 56), (2, 42, 70)])
+
+
+def timm_script(name: str):
+    """``name`` from a pytorch-image-models checkout (TIMM_SCRIPTS_DIR): timm's scripts are
+    not in the timm wheel (nor in its sdist)."""
+    root = os.environ.get("TIMM_SCRIPTS_DIR")
+    path = os.path.join(root, name) if root else None
+    if not path or not os.path.isfile(path):
+        pytest.skip(f"timm's {name} not available: set TIMM_SCRIPTS_DIR to a "
+                    f"pytorch-image-models checkout (git clone "
+                    f"https://github.com/huggingface/pytorch-image-models)")
+    return path
+
+
+@pytest.mark.parametrize("dynamic_size", [False, True])
+def test_timm_onnx_export_script(tmp_path, dynamic_size):
+    """hgrn-timm onnx_export.py OUT --model hgrn_deit_tiny --checkpoint CKPT --check-forward
+    [--dynamic-size]: timm's own script, its forward check included."""
+    script = timm_script("onnx_export.py")
+    ort = need_onnx()
+    import timm
+    import hgrn_vision  # noqa: F401
+    from hgrn_tools.timm_launcher import run_script
+    torch.manual_seed(0)
+    model = timm.create_model("hgrn_deit_tiny").eval()
+    ckpt = str(tmp_path / "tiny.pth")
+    torch.save(model.state_dict(), ckpt)
+    path = str(tmp_path / "tiny.onnx")
+    args = [path, "--model", "hgrn_deit_tiny", "--checkpoint", ckpt, "--check-forward",
+            "--img-size", "56"] + (["--dynamic-size"] if dynamic_size else [])
+    assert run_script(script, args) == 0
+    check_against_eager(ort, model, path, [(1, 56, 56)] + ([(2, 42, 70)] if dynamic_size else []))
+
+
+def test_torchscript_exporter_below_opset_18_says_so(tmp_path, plain_model):
+    need_onnx()
+    with pytest.raises(Exception, match="(?s)hgrn::hgru.*18"):
+        torch.onnx.export(plain_model, (torch.randn(1, 3, 56, 56),), str(tmp_path / "x.onnx"),
+                          dynamo=False, opset_version=17)
+
+
+def test_registration_failure_warns_with_the_explicit_route():
+    from hgrn_core.onnx_export import _register_quietly
+
+    class Broken:
+        default_registry = {}
+
+        @staticmethod
+        def torch_op(*args, **kwargs):
+            raise AttributeError("no torch_op here")
+
+    with pytest.warns(RuntimeWarning) as record:
+        _register_quietly(Broken)
+    msg = str(record[0].message)
+    assert "onnx_translation_table()" in msg and "hgrn-export" in msg
+
+
+def test_post_import_hook(tmp_path, monkeypatch):
+    """install()'s one-shot hook: the callback runs after the module is imported, the module
+    keeps its own loader, and the hook leaves sys.meta_path."""
+    from hgrn_core.onnx_export import _WhenImported
+    (tmp_path / "hgrn_hook_probe.py").write_text("VALUE = 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    hook = _WhenImported("hgrn_hook_probe", lambda m: seen.append(m.VALUE))
+    sys.meta_path.insert(0, hook)
+    try:
+        import hgrn_hook_probe
+    finally:
+        hook.remove()
+        sys.modules.pop("hgrn_hook_probe", None)
+    assert seen == [42]
+    assert hook not in sys.meta_path
+    assert not isinstance(hgrn_hook_probe.__loader__, _WhenImported)
+    assert not isinstance(hgrn_hook_probe.__spec__.loader, _WhenImported)
+
+
+def test_import_registers_lazily(tmp_path):
+    """Importing hgrn_core imports neither onnx nor onnxscript, registers the TorchScript
+    symbolics at once and the torch_lib entries when onnxscript's registry is imported."""
+    need_onnx()
+    script = textwrap.dedent("""
+        import sys
+        import hgrn_core
+        assert "onnxscript" not in sys.modules and "onnx" not in sys.modules
+        from torch.onnx._internal.torchscript_exporter import registration as ts
+        assert ts.registry.is_registered_op("hgrn::hgru", 18)
+        assert ts.registry.is_registered_op("hgrn::norm_gate", 20)
+        from onnxscript.function_libs.torch_lib import registration
+        assert "hgrn::hgru" in registration.default_registry
+        assert "hgrn::norm_gate" in registration.default_registry
+        print("ok")
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
