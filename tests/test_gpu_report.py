@@ -11,9 +11,9 @@ import pytest
 import torch
 
 try:  # installed: tools/ is the package hgrn_tools
-    from hgrn_tools import benchmark, gpu_report
+    from hgrn_tools.measure import benchmark, gpu_report
 except ImportError:  # a checkout
-    from tools import benchmark, gpu_report
+    from tools.measure import benchmark, gpu_report
 
 FULL = gpu_report.PLANS["full"]
 

@@ -305,7 +305,7 @@ def test_recipe_under_torchrun_with_repeated_augmentation(image_folder, tmp_path
     """The tiny recipe on 2 CPU processes (gloo) with DeiT's repeated augmentation (timm's RepeatAugSampler)."""
     path = os.path.join(ROOT, 'configs', 'hgrn_deit_tiny_in1k.yaml')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--standalone',
-           os.path.join(ROOT, 'tools', 'train.py'), '--config', path, '--data-dir', image_folder,
+           '-m', 'tools.train', '--config', path, '--data-dir', image_folder,
            '--val-split', 'val', *SHRINK, '--batch-size', '8', '--epochs', '1', '--output', str(tmp_path),
            '--experiment', 'ra', '--aug-repeats', '3', '--aa', _at_max_magnitude(_recipe(path)['aa'])]
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))

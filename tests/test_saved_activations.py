@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 try:  # installed: tools/ is the package hgrn_tools
-    from hgrn_tools import benchmark, saved_activations as sa
+    from hgrn_tools.measure import benchmark, saved_activations as sa
 except ImportError:  # a checkout
-    from tools import benchmark, saved_activations as sa
+    from tools.measure import benchmark, saved_activations as sa
 
 F_IN, F_OUT, REPEAT, CONST = 8, 16, 10, 1000
 

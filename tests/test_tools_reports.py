@@ -19,9 +19,9 @@ from torch import nn
 
 import hgrn_core
 try:  # installed: tools/ is the package hgrn_tools
-    from hgrn_tools import benchmark, flops
+    from hgrn_tools.measure import benchmark, flops
 except ImportError:  # a checkout
-    from tools import benchmark, flops
+    from tools.measure import benchmark, flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -171,7 +171,7 @@ def test_hgrn_deit_total_equals_hand_count(name, d, expect_gmacs):
     patch = n * p * p * 3 * d
     head = d * 1000
     norms = n * L * 5 * (d + 2 * d + d)           # two block LNs (d), HGRU LN (2d), affine
-    scan = n * L * d * (2 * (4 + 2) + 2)          # bidirectional scan, see tools/flops.py
+    scan = n * L * d * (2 * (4 + 2) + 2)          # bidirectional scan, see tools/measure/flops.py
     hand = linear + patch + head + norms + scan
     rec = flops.measure(name, 224, 1)
     assert rec["macs"] == pytest.approx(hand, rel=0.01)
@@ -262,10 +262,11 @@ def test_benchmark_fresh_process_per_case(plugin_dir, tmp_path):
     assert "no_such_model" in res["no_such_model"]["error"]
 
 
-@pytest.mark.parametrize("script", ["flops.py", "benchmark.py"])
-def test_scripts_run_from_a_checkout(script):
+@pytest.mark.parametrize("module", ["flops", "benchmark"])
+def test_tools_run_from_a_checkout(module):
+    # ``python -m tools.measure.NAME`` in the checkout's root, nothing installed or on PYTHONPATH needed
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", script), "--help"],
-                         capture_output=True, text=True, env=env, cwd="/", timeout=120)
+    out = subprocess.run([sys.executable, "-m", f"tools.measure.{module}", "--help"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "GMACs" in out.stdout or "img/s" in out.stdout

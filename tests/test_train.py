@@ -105,7 +105,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
 
 def test_torchrun_two_processes_gloo(tmp_path):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--standalone',
-           os.path.join(ROOT, 'tools', 'train.py'), *_args(tmp_path, '--experiment', 'ddp', epochs=1),
+           '-m', 'tools.train', *_args(tmp_path, '--experiment', 'ddp', epochs=1),
            '--train-num-samples', '256', '--val-num-samples', '100', '--batch-size', '32']
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

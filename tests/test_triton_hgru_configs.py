@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hgrn_core.kernels import triton_hgru_configs as configs
-from tools.tune_hgru import recommended
+from tools.measure.tune_hgru import recommended
 
 
 def test_each_architecture_gets_its_row_or_the_nearest_older_one(monkeypatch):

@@ -9,9 +9,9 @@ import torch
 pytest.importorskip("triton", minversion="3.6")
 
 try:  # installed: tools/ is the package hgrn_tools
-    from hgrn_tools import tune_hgru
+    from hgrn_tools.measure import tune_hgru
 except ImportError:  # a checkout
-    from tools import tune_hgru
+    from tools.measure import tune_hgru
 
 from hgrn_core.kernels import triton_hgru  # noqa: E402
 

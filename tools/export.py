@@ -29,17 +29,9 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-if not __package__:  # run as ``python tools/export.py`` from a checkout: find hgrn_core
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(_root, "hgrn_core")) and _root not in sys.path:
-        sys.path.insert(0, _root)
-
 import torch
 
-if __package__:  # installed as hgrn_tools
-    from .model_factory import parse_kwargs as parse_model_kwargs
-else:  # run as a script: its folder is on sys.path
-    from model_factory import parse_kwargs as parse_model_kwargs
+from .model_factory import parse_kwargs as parse_model_kwargs
 
 __all__ = ["main", "build_parser", "parse_model_kwargs", "check_parity"]
 

@@ -2,7 +2,7 @@
 
     hgrn-benchmark --report gpu OUTDIR            # ~5-6 minutes on one H100
     hgrn-benchmark --report gpu OUTDIR --quick    # a smoke run: every phase, small shapes
-    python -m hgrn_tools.gpu_report OUTDIR        # the same, without the benchmark CLI
+    python -m hgrn_tools.measure.gpu_report OUTDIR        # the same, without the benchmark CLI
 
 Needs a CUDA GPU with torch, Triton and timm, and this project installed
 (``pip install --no-deps -e .``); fvcore and fla-core are optional (reported as
@@ -47,26 +47,14 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-if not __package__:  # run as ``python tools/gpu_report.py`` from a checkout: find hgrn_core
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(_root, "hgrn_core")) and _root not in sys.path:
-        sys.path.insert(0, _root)
-
 # The measurement code (environment, timing, the GPU tests, models, the ops) is in
 # gpu_measure.py; its names are imported here, so ``gpu_report.NAME`` keeps working (and
 # ``collect`` looks them up here: a test may monkeypatch ``gpu_report.measure_model``).
-if __package__:  # installed as hgrn_tools (or imported as tools.gpu_report)
-    from .gpu_measure import (  # noqa: F401 - re-exported
-        GIB, GPU_TEST_FILES, MIB, MODELS, ROOT, Plan, _cleanup, _err, _log, copy_bandwidth,
-        environment, git_commit, is_oom, measure_hgru_bandwidth, measure_model,
-        measure_real_vs_fla, parse_pytest_output, run_gpu_tests, side_for, time_op, time_steps,
-        tokens_for)
-else:  # run as a script: its folder is on sys.path
-    from gpu_measure import (  # type: ignore  # noqa: F401 - re-exported
-        GIB, GPU_TEST_FILES, MIB, MODELS, ROOT, Plan, _cleanup, _err, _log, copy_bandwidth,
-        environment, git_commit, is_oom, measure_hgru_bandwidth, measure_model,
-        measure_real_vs_fla, parse_pytest_output, run_gpu_tests, side_for, time_op, time_steps,
-        tokens_for)
+from .gpu_measure import (  # noqa: F401 - re-exported
+    GIB, GPU_TEST_FILES, MIB, MODELS, ROOT, Plan, _cleanup, _err, _log, copy_bandwidth,
+    environment, git_commit, is_oom, measure_hgru_bandwidth, measure_model,
+    measure_real_vs_fla, parse_pytest_output, run_gpu_tests, side_for, time_op, time_steps,
+    tokens_for)
 
 NO_CUDA_MESSAGE = ("hgrn-benchmark --report gpu needs a CUDA GPU: torch.cuda.is_available() is "
                    "False here (torch {torch}, built with CUDA {cuda}). Run it on a machine with "

@@ -21,7 +21,7 @@ class TrainError(Exception):
     """A user-facing error: bad config, missing data, unusable checkpoint. Raised before work is lost."""
 
 
-# hgrn-train's own dataset name: scikit-learn's 8x8 digits, built in (train_data.DigitsDataset)
+# hgrn-train's own dataset name: scikit-learn's 8x8 digits, built in (data.DigitsDataset)
 DIGITS_DATASET = 'sklearn/digits'
 
 # The embedded default job (identical to configs/hgrn_deit_micro_digits.yaml; a test checks it).

@@ -1,8 +1,8 @@
 """Time the scan backends: forward and forward+backward, on named shapes.
 
-    python tools/bench_scan.py                       # every backend usable here, default shapes
-    python tools/bench_scan.py --shapes deit-tiny long --backends reference torch
-    python tools/bench_scan.py --kind real --backends torch triton fla   # fla: chunk_hgrn, CUDA
+    python -m tools.measure.bench_scan               # every backend usable here, default shapes
+    python -m tools.measure.bench_scan --shapes deit-tiny long --backends reference torch
+    python -m tools.measure.bench_scan --kind real --backends torch triton fla   # fla: chunk_hgrn, CUDA
 
 Prints one row per (shape, backend, pass) with the median time, the ratio to the
 ``reference`` backend measured in the same run (where it ran), the bytes the op must

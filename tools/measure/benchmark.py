@@ -41,17 +41,9 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Sequence
 
-if not __package__:  # run as ``python tools/benchmark.py`` from a checkout: find hgrn_core
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(_root, "hgrn_core")) and _root not in sys.path:
-        sys.path.insert(0, _root)
-
 import torch
 
-if __package__:  # installed as hgrn_tools
-    from .model_factory import create_model, import_plugins
-else:  # run as a script: its folder is on sys.path
-    from model_factory import create_model, import_plugins
+from ..model_factory import create_model, import_plugins
 
 MIB = 1024 * 1024
 
@@ -224,7 +216,7 @@ def run_case_subprocess(case: Dict[str, Any], timeout: Optional[float]) -> Dict[
     case = dict(case, isolated=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([p or os.getcwd() for p in sys.path])
-    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", json.dumps(case)]
+    cmd = [sys.executable, "-m", f"{__package__}.benchmark", "--_worker", json.dumps(case)]
     rec = dict(case, status="error", error="", img_per_s=None)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -449,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# report name -> module (in tools/, installed as hgrn_tools) whose main(argv) runs it
+# report name -> module (in tools/measure/, installed as hgrn_tools.measure) whose main(argv) runs it
 REPORTS = {"gpu": "gpu_report", "gpu-profile": "gpu_profile",
            "saved-activations": "saved_activations", "tune-hgru": "tune_hgru"}
 
@@ -469,8 +461,7 @@ def run_report(argv: Sequence[str]) -> Optional[int]:
             if name not in REPORTS:
                 break
             import importlib
-            module = importlib.import_module(
-                f"{__package__}.{REPORTS[name]}" if __package__ else REPORTS[name])
+            module = importlib.import_module(f"{__package__}.{REPORTS[name]}")
             return module.main(rest)
     return None
 

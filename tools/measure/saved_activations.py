@@ -2,7 +2,7 @@
 
     hgrn-benchmark --report saved-activations [OUTDIR]              # ~1 minute on 2 cores
     hgrn-benchmark --report saved-activations OUTDIR --cpu-speed    # + the CPU img/s goals (minutes)
-    python -m hgrn_tools.saved_activations [OUTDIR]
+    python -m hgrn_tools.measure.saved_activations [OUTDIR]
 
 The measure: the bytes of the tensors autograd saves for backward in one bf16-autocast
 training forward (``model.train()``, logits only) on the CPU, recorded with
@@ -34,11 +34,6 @@ import sys
 import time
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
-
-if not __package__:  # run as ``python tools/saved_activations.py`` from a checkout
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(_root, "hgrn_core")) and _root not in sys.path:
-        sys.path.insert(0, _root)
 
 import torch
 
@@ -185,10 +180,7 @@ def per_image(run: Callable[[int], Dict[str, Any]], batches: Tuple[int, int] = (
 
 
 def _create(label: str, img_size: int):
-    try:
-        from .model_factory import create_model, import_plugins
-    except ImportError:
-        from model_factory import create_model, import_plugins  # type: ignore
+    from ..model_factory import create_model, import_plugins
     import_plugins()
     name, kwargs, _ = MODELS[label]
     return create_model(name, img_size, **kwargs)
@@ -242,10 +234,7 @@ def cpu_speed(rounds: int = 2, threads: Optional[int] = None, warmup: int = 2, i
               points=CPU_SPEED_POINTS, timeout: Optional[float] = None) -> List[Dict[str, Any]]:
     """hgrn_deit_tiny vs deit_tiny img/s on the CPU (fp32, fresh process per case, models
     interleaved, median over rounds) at the issue's three sizes, against its goals."""
-    try:
-        from . import benchmark
-    except ImportError:
-        import benchmark  # type: ignore
+    from . import benchmark
     models = ("hgrn_deit_tiny", "deit_tiny_patch16_224", NO_RECURRENCE)
     raw = []
     for r in range(rounds):
@@ -361,10 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        from .gpu_report import git_commit
-    except ImportError:
-        from gpu_report import git_commit  # type: ignore
+    from .gpu_report import git_commit
     import platform
     import timm
     amp = torch.bfloat16 if args.amp == "bf16" else None
@@ -373,10 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         results[label] = measure_model(label, args.img_size, amp=amp)
         print(f"  {label}: {results[label]['mib_per_image']:.1f} MiB per image "
               f"({results[label]['seconds']:.1f} s)", file=sys.stderr, flush=True)
-    try:
-        from .benchmark import cpu_name
-    except ImportError:
-        from benchmark import cpu_name  # type: ignore
+    from .benchmark import cpu_name
     report = {"tool": "hgrn-benchmark --report saved-activations", "method": METHOD,
               "env": {"cpu": cpu_name(), "threads": torch.get_num_threads(),
                       "torch": torch.__version__, "timm": timm.__version__,

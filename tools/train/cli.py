@@ -13,36 +13,26 @@ underscores). Built from timm's library: dataset / loader / transforms, Mixup / 
     hgrn-train --config ... --data-dir /imagenet --resume output/train/<run>/last.pth.tar
     hgrn-train --config ... --data-dir /imagenet --validate-only --initial-checkpoint <ckpt>
 
-Runs as ``python tools/train.py`` from a checkout as well. This file is the command line; the trainer is in
+Runs as ``python -m tools.train`` from a checkout as well. This file is the command line; the trainer is in
 the files next to it:
 
-    train_config.py      the arguments / YAML keys, their checks, the embedded digits job
-    train_data.py        the digits data set, timm datasets and loaders, mixup, the Pillow guard
-    train_checkpoint.py  checkpoints read and checked, a run resumed, atomic saves, the output folder
-    train_loop.py        run(): set-up, model / optimizer / loss / schedule, the epochs, the report
-    train_epoch.py       one training epoch, one evaluation pass
+    config.py      the arguments / YAML keys, their checks, the embedded digits job
+    data.py        the digits data set, timm datasets and loaders, mixup, the Pillow guard
+    checkpoint.py  checkpoints read and checked, a run resumed, atomic saves, the output folder
+    loop.py        run(): set-up, model / optimizer / loss / schedule, the epochs, the report
+    epoch.py       one training epoch, one evaluation pass
 """
-import os
 import sys
-
-if __package__ in (None, ''):
-    # `python tools/train.py` (also under torchrun) from a checkout: the repository's packages become
-    # importable, and this file runs as a module of its folder's package so its relative imports work
-    # (PEP 366)
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(_root, 'hgrn_vision')) and _root not in sys.path:
-        sys.path.insert(0, _root)
-    __package__ = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 
 from timm import utils
 
-from .train_config import (DEFAULT_DIGITS_CONFIG, DIGITS_DATASET, TIMM_ONLY_IGNORED, TrainError, known_keys,
-                           load_config, parse_args, validate_config)
-from .train_checkpoint import AtomicCheckpointSaver, weights_digest
-from .train_data import DigitsDataset, build_dataset, create_train_loader, install_augment_guards, pillow_compat_module
-from .train_loop import create_model_from_args, import_device_modules, run, set_up_device
+from .config import (DEFAULT_DIGITS_CONFIG, DIGITS_DATASET, TIMM_ONLY_IGNORED, TrainError, known_keys,
+                     load_config, parse_args, validate_config)
+from .checkpoint import AtomicCheckpointSaver, weights_digest
+from .data import DigitsDataset, build_dataset, create_train_loader, install_augment_guards, pillow_compat_module
+from .loop import create_model_from_args, import_device_modules, run, set_up_device
 
 # the names the tests and earlier callers use from hgrn_tools.train (kept as they were)
 _known_keys = known_keys

@@ -12,7 +12,7 @@ import torch
 from timm import utils
 from timm.models import model_parameters
 
-from .train_config import TrainError
+from .config import TrainError
 
 _logger = logging.getLogger('hgrn_train')
 

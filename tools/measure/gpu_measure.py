@@ -21,12 +21,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-if not __package__:  # imported as ``gpu_measure`` from a checkout's tools/: find hgrn_core
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(_root, "hgrn_core")) and _root not in sys.path:
-        sys.path.insert(0, _root)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 GPU_TEST_FILES = ("tests/test_triton_backend.py", "tests/test_triton_hgru.py",
@@ -299,10 +294,7 @@ def run_gpu_tests(timeout: float, root: str = ROOT) -> Dict[str, Any]:
 
 # -------------------------------------------------------------------------------- models
 def _build(label: str, side: int, backend: Optional[str]):
-    try:
-        from .model_factory import create_model, import_plugins
-    except ImportError:
-        from model_factory import create_model, import_plugins  # type: ignore
+    from ..model_factory import create_model, import_plugins
     import_plugins()
     name, kwargs, _, _ = MODELS[label]
     return create_model(name, side, backend if name.startswith("hgrn") else None, **kwargs)

@@ -2,7 +2,7 @@
 
     hgrn-benchmark --report tune-hgru OUTDIR             # ~3 minutes on one H100
     hgrn-benchmark --report tune-hgru OUTDIR --quick     # one small shape, ~1 minute
-    python -m hgrn_tools.tune_hgru OUTDIR
+    python -m hgrn_tools.measure.tune_hgru OUTDIR
 
 For each pass of ``hgrn::hgru`` (the forward; the backward alone, given the forward's
 inputs) and shape ((256, 256, 384) and (8, 16384, 384), bf16, bidirectional, with a lower
@@ -39,16 +39,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-if not __package__:  # run as ``python tools/tune_hgru.py`` from a checkout: find hgrn_core
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(_root, "hgrn_core")) and _root not in sys.path:
-        sys.path.insert(0, _root)
-
-if __package__:
-    from .gpu_measure import MIB, _cleanup, _err, copy_bandwidth, environment, is_oom, time_op
-else:
-    from gpu_measure import (MIB, _cleanup, _err, copy_bandwidth, environment,  # type: ignore
-                             is_oom, time_op)
+from .gpu_measure import MIB, _cleanup, _err, copy_bandwidth, environment, is_oom, time_op
 
 PASSES = ("forward", "backward")
 BYTES_PER_TOKEN_CHANNEL = {"forward": 5, "backward": 8}  # values of the activation dtype

@@ -2,7 +2,7 @@
 the profiler's tables at the goal points.
 
     hgrn-benchmark --report gpu-profile OUTDIR      # ~1 minute on one H100 / H200
-    python -m hgrn_tools.gpu_profile OUTDIR
+    python -m hgrn_tools.measure.gpu_profile OUTDIR
 
 1. **Ops**: ``hgrn::hgru`` forward at (256, 256, 384) bf16 'both' called four ways (the
    kernel wrapper alone, the public ``hgrn_core.hgru`` under ``auto`` and ``triton``, the
@@ -25,17 +25,8 @@ import sys
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
-if not __package__:  # run as ``python tools/gpu_profile.py`` from a checkout
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(_root, "hgrn_core")) and _root not in sys.path:
-        sys.path.insert(0, _root)
-
-if __package__:
-    from .gpu_measure import environment
-    from .model_factory import create_model, import_plugins
-else:
-    from gpu_measure import environment  # type: ignore
-    from model_factory import create_model, import_plugins  # type: ignore
+from ..model_factory import create_model, import_plugins
+from .gpu_measure import environment
 
 # the H200 runs of 2026-12-04 left two puzzles: at 224 px / batch 64 hgrn_deit_tiny took
 # longer per step than hgrn_deit_small, and at 896 px the step time grew with the batch while

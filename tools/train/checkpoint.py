@@ -19,7 +19,7 @@ from timm import utils
 from timm.models import clean_state_dict, load_checkpoint, load_state_dict, resume_checkpoint, safe_model_name
 from timm.utils import load_checkpoint_metadata
 
-from .train_config import DIGITS_DATASET, TrainError, args_for_yaml
+from .config import DIGITS_DATASET, TrainError, args_for_yaml
 
 _logger = logging.getLogger('hgrn_train')
 

@@ -11,7 +11,7 @@ import torch
 from timm import utils
 from timm.data import create_dataset, create_loader, Mixup, FastCollateMixup
 
-from .train_config import DIGITS_DATASET, TrainError
+from .config import DIGITS_DATASET, TrainError
 
 _logger = logging.getLogger('hgrn_train')
 
@@ -160,7 +160,7 @@ def build_mixup(args):
 def pillow_compat_module():
     """tools/pillow_compat.py under this package's name. Imported only when asked for, since importing it
     installs the guard: importing the trainer does not patch timm, running it does."""
-    from . import pillow_compat
+    from .. import pillow_compat
     return pillow_compat
 
 

@@ -8,10 +8,10 @@
 #       HGRN_HGRU_CONFIG, so one call measures before and after tuning.
 # Each step has a hard time limit and writes its report as it goes, so a step cut short still
 # leaves what it measured. Usage, from the repository root:
-#   bash tools/gpu_session.sh OUTDIR [WHEELS_DIR]
+#   bash tools/measure/gpu_session.sh OUTDIR [WHEELS_DIR]
 # WHEELS_DIR (optional): wheels to install first (e.g. fla-core for the fla comparison).
 set -u
-OUT=${1:?usage: bash tools/gpu_session.sh OUTDIR [WHEELS_DIR]}
+OUT=${1:?usage: bash tools/measure/gpu_session.sh OUTDIR [WHEELS_DIR]}
 WHEELS=${2:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -27,15 +27,15 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . || exit 1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv || true
 
 log "(0) profile"
-timeout -k 5 90 $PY -m hgrn_tools.gpu_profile "$OUT/profile"
+timeout -k 5 90 $PY -m hgrn_tools.measure.gpu_profile "$OUT/profile"
 log "(0) exit $?"
 
 log "(a) report before tuning"
-timeout -k 5 240 $PY -m hgrn_tools.gpu_report "$OUT/before" --budget 180 --test-timeout 90
+timeout -k 5 240 $PY -m hgrn_tools.measure.gpu_report "$OUT/before" --budget 180 --test-timeout 90
 log "(a) exit $?"
 
 log "(b) launch-configuration sweep"
-timeout -k 5 120 $PY -m hgrn_tools.tune_hgru "$OUT/tune" --budget 100 >/dev/null
+timeout -k 5 120 $PY -m hgrn_tools.measure.tune_hgru "$OUT/tune" --budget 100 >/dev/null
 log "(b) exit $?"
 grep -A4 "^## Recommended" "$OUT/tune/tune_hgru.md" 2>/dev/null
 
@@ -43,7 +43,7 @@ log "(c) report with the recommended configuration"
 if $PY -c "import json,sys; sys.exit(not json.load(open(sys.argv[1])).get('recommended'))" \
         "$OUT/tune/tune_hgru.json" 2>/dev/null; then
     HGRN_HGRU_CONFIG="$OUT/tune/tune_hgru.json" timeout -k 5 100 \
-        $PY -m hgrn_tools.gpu_report "$OUT/after" --no-tests --no-sweep
+        $PY -m hgrn_tools.measure.gpu_report "$OUT/after" --no-tests --no-sweep
     log "(c) exit $?"
 else
     log "(c) skipped: the sweep recommended nothing"

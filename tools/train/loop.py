@@ -22,12 +22,12 @@ from timm.models import create_model, list_models
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
-from .train_checkpoint import (check_weights_fit, load_weights, open_outputs, read_resume_checkpoint, read_weights,
-                               restore_ema, restore_training_state, weights_digest)
-from .train_config import TrainError
-from .train_data import (build_dataset, build_mixup, create_eval_loader, create_train_loader,
-                         install_augment_guards, mixup_active)
-from .train_epoch import train_one_epoch, validate
+from .checkpoint import (check_weights_fit, load_weights, open_outputs, read_resume_checkpoint, read_weights,
+                         restore_ema, restore_training_state, weights_digest)
+from .config import TrainError
+from .data import (build_dataset, build_mixup, create_eval_loader, create_train_loader,
+                   install_augment_guards, mixup_active)
+from .epoch import train_one_epoch, validate
 
 _logger = logging.getLogger('hgrn_train')
 

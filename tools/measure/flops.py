@@ -1,7 +1,7 @@
 """Parameters, GMACs and GFLOPs of timm models (HGRN and timm's own), counted with fvcore.
 
     hgrn-flops hgrn_deit_tiny deit_tiny_patch16_224 --img-size 224 448 --out flops.json
-    python tools/flops.py hgrn_deit_small --by-module 2 --out flops.csv
+    python -m tools.measure.flops hgrn_deit_small --by-module 2 --out flops.csv
 
 What is counted (conventions, also written into every JSON report):
 
@@ -44,17 +44,9 @@ import warnings
 from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence
 
-if not __package__:  # run as ``python tools/flops.py`` from a checkout: find hgrn_core
-    _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isdir(os.path.join(_root, "hgrn_core")) and _root not in sys.path:
-        sys.path.insert(0, _root)
-
 import torch
 
-if __package__:  # installed as hgrn_tools
-    from .model_factory import create_model, import_plugins
-else:  # run as a script: its folder is on sys.path
-    from model_factory import create_model, import_plugins
+from ..model_factory import create_model, import_plugins
 
 # ----------------------------------------------------------------------- scan MAC formula
 #: MACs per (batch element, token, channel) of each scan op; see the module docstring.
