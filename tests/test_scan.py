@@ -1,15 +1,21 @@
 """The scan backends against the sequential reference: outputs and every gradient.
 
-The Triton backend has its own module (it needs the interpreter and small shapes);
-here every CPU backend other than the reference is compared with it.
+Every backend other than the reference is compared with it: torch, and triton where it runs on
+these CPU tensors (Triton's interpreter: tests/conftest.py sets TRITON_INTERPRET=1 without
+CUDA). The full gradchecks below cost the interpreter ~2 minutes each, so triton's fp64
+gradcheck lives in tests/test_triton_backend.py (fast mode, with its launch layouts).
 """
 import pytest
 import torch
 
 from hgrn_core import bidirectional_scan, complex_scan, real_scan
+from hgrn_core.backends import get_backend, triton_usable
 from hgrn_core.backends.torch_chunked import linear_scan
 
-BACKENDS = ["torch"]
+# the inputs here are CPU tensors: triton runs them in its interpreter only
+TRITON = triton_usable() and get_backend("triton").is_available(torch.device("cpu"))
+BACKENDS = ["torch"] + (["triton"] if TRITON else [])
+GRADCHECK = ["reference", "torch"]
 
 
 def make_inputs(B, N, D, dtype=torch.float64, lam_range=(0.0, 1.0), seed=0):
@@ -57,7 +63,7 @@ def real(backend, reverse):
 
 
 # ------------------------------------------------------------------------------ gradcheck
-@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+@pytest.mark.parametrize("backend", GRADCHECK)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_complex(backend, reverse):
     u, v, lam, theta, (h0r, h0i) = make_inputs(2, 6, 3, lam_range=(0.05, 0.95))
@@ -65,7 +71,7 @@ def test_gradcheck_complex(backend, reverse):
     assert torch.autograd.gradcheck(causal(backend, reverse), args)
 
 
-@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+@pytest.mark.parametrize("backend", GRADCHECK)
 def test_gradcheck_bidirectional(backend):
     u, v, lam, theta, _ = make_inputs(2, 5, 3, lam_range=(0.05, 0.95))
     theta_r = theta.flip(0).clone()
@@ -73,7 +79,7 @@ def test_gradcheck_bidirectional(backend):
     assert torch.autograd.gradcheck(bidir(backend), args)
 
 
-@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+@pytest.mark.parametrize("backend", GRADCHECK)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_real(backend, reverse):
     u, _, lam, _, (h0, _) = make_inputs(2, 7, 3, lam_range=(0.05, 0.95))

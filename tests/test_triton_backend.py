@@ -1,9 +1,11 @@
 """The ``triton`` backend against the ``reference`` loop, through the public API.
 
-Without CUDA the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set below
-before anything imports the kernels; tests/conftest.py does the same). Shapes are kept
-tiny so that the interpreter stays fast; the chunk-parallel path is forced with a small
-tile through ``triton_scan.override_config``. GPU-only tests are skipped without CUDA.
+The scan API runs the walk kernels of the fused HGRU core with decays and inputs given
+(``hgrn_core.kernels.triton_scan_given``). Without CUDA the kernels run in Triton's
+interpreter (TRITON_INTERPRET=1, set below before anything imports the kernels;
+tests/conftest.py does the same). Shapes are kept tiny so that the interpreter stays fast;
+several tiles per program, several channel blocks and the segmented scheme are forced
+through ``triton_hgru.override_config``. GPU-only tests are skipped without CUDA.
 """
 import os
 
@@ -17,17 +19,19 @@ triton = pytest.importorskip("triton", minversion="3.6")  # hgrn_core.backends.M
 
 import hgrn_core  # noqa: E402
 from hgrn_core.backends import get_backend  # noqa: E402
-from hgrn_core.kernels import triton_scan  # noqa: E402
+from hgrn_core.kernels import triton_hgru, triton_scan_given  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 gpu_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 
-# paths: default config (one tile), chunk-parallel (3 passes), tile loop in one program
+# paths: default config (one tile for N <= 8, one channel block), the segmented scheme (two
+# launches; several channel blocks, D not a multiple of the block), several tiles per
+# program (channel blocks permuted as on the GPU: vec < block_d; no prefetch)
 PATHS = {
     "tile": {},
-    "chunked": dict(block_t=4, chunked=True),
-    "tileloop": dict(block_t=4, chunked=False),
+    "segments": dict(block_t=4, block_d=4, segments=3),
+    "tileloop": dict(block_t=4, block_d=2, vec=1, prefetch=False),
 }
 
 
@@ -79,7 +83,7 @@ def _check_complex(B, N, D, reverse, h0, path, dtype=torch.float32, tol=1e-4):
     t_tri = {k: x.detach().to(dtype).requires_grad_() for k, x in t_ref.items()}
     t_ref = {k: x.detach().to(dtype).float().requires_grad_() for k, x in t_tri.items()}
     del t_tri["theta_r"], t_ref["theta_r"]
-    with triton_scan.override_config(**PATHS[path]):
+    with triton_hgru.override_config(**PATHS[path]):
         out = _run_complex("triton", t_tri, reverse, h0)
         g = _grads(out, t_tri)
     ref = _run_complex("reference", t_ref, reverse, h0)
@@ -111,7 +115,7 @@ def _check_bidir(B, N, D, path, dtype=torch.float32, tol=1e-4):
     def run(backend, t):
         return list(hgrn_core.bidirectional_scan(t["u"], t["v"], t["lam"], t["theta"],
                                                  t["theta_r"], backend=backend))
-    with triton_scan.override_config(**PATHS[path]):
+    with triton_hgru.override_config(**PATHS[path]):
         out = run("triton", t_tri)
         g = _grads(out, t_tri)
     ref = run("reference", t_ref)
@@ -123,7 +127,7 @@ def _check_bidir(B, N, D, path, dtype=torch.float32, tol=1e-4):
         _close(g[name], gref[name], tol, "d" + name)
 
 
-@pytest.mark.parametrize("path", ["tile", "chunked"])
+@pytest.mark.parametrize("path", ["tile", "segments"])
 @pytest.mark.parametrize("B,N,D", [(2, 7, 5), (1, 33, 17), (2, 1, 3)])
 def test_bidirectional(B, N, D, path):
     _check_bidir(B, N, D, path)
@@ -141,7 +145,7 @@ def test_real(reverse, path):
         h, hN = hgrn_core.real_scan(t["x"], t["lam"], reverse=reverse, initial_state=t["h0"],
                                     return_final_state=True, backend=backend)
         return [h, hN]
-    with triton_scan.override_config(**PATHS[path]):
+    with triton_hgru.override_config(**PATHS[path]):
         out = run("triton", t)
         g = _grads(out, t)
     ref = run("reference", t2)
@@ -155,8 +159,8 @@ def test_real(reverse, path):
 def test_low_precision_inputs():
     # the reference sees the same rounded inputs in fp32: errors are output rounding only
     _check_complex(2, 9, 5, False, True, "tile", dtype=torch.bfloat16, tol=3e-2)
-    _check_bidir(2, 9, 5, "chunked", dtype=torch.bfloat16, tol=3e-2)
-    _check_complex(1, 9, 5, True, True, "chunked", dtype=torch.float16, tol=5e-3)
+    _check_bidir(2, 9, 5, "segments", dtype=torch.bfloat16, tol=3e-2)
+    _check_complex(1, 9, 5, True, True, "segments", dtype=torch.float16, tol=5e-3)
 
 
 def test_fp64_inputs_stay_fp64():
@@ -186,12 +190,12 @@ def test_non_contiguous_inputs():
 
 
 def test_lam_extremes_stay_finite():
-    # lam = 0 (first layer's bound) and lam = 1 over a chunked sequence: no nan/inf
+    # lam = 0 (first layer's bound) and lam = 1 over a segmented sequence: no nan/inf
     B, N, D = 1, 40, 3
     t = _inputs(B, N, D)
     lam = torch.zeros(B, N, D, device=DEVICE)
     lam[:, ::2] = 1.0
-    with triton_scan.override_config(block_t=4, chunked=True):
+    with triton_hgru.override_config(block_t=4, segments=3):
         a = hgrn_core.bidirectional_scan(t["u"].detach(), t["v"].detach(), lam,
                                          t["theta"].detach(), t["theta_r"].detach(),
                                          backend="triton")
@@ -209,15 +213,105 @@ def test_availability():
     assert be.is_available(torch.device("cpu")) == (os.environ.get("TRITON_INTERPRET") == "1")
 
 
-def test_heuristic_chunks_small_batch_long_sequence():
-    from hgrn_core.kernels.triton_scan import _Config
-    with triton_scan.override_config(target_programs=264):
-        few = _Config(1, 8192, 64, torch.device("cpu"), triton_scan.TILE_ELEMS_FWD, True)
-        many = _Config(256, 8192, 384, torch.device("cpu"), triton_scan.TILE_ELEMS_FWD, True)
-        vit = _Config(128, 196, 384, torch.device("cpu"), triton_scan.TILE_ELEMS_FWD, False)
-    assert few.chunked and few.n_tiles > 1
-    assert not many.chunked  # plenty of programs: one program walks all its tiles
-    assert vit.n_tiles == 1 and not vit.chunked  # ViT: one tile, inputs read once
+def test_lam_zero_and_one_gradients():
+    """dlam = Re(D conj(e^{i theta} h_prev)) has no division by lam: exact zeros and ones
+    give the reference's gradients, every direction, complex and real."""
+    B, N, D = 2, 11, 3
+    t = _inputs(B, N, D, h0=True)
+    lam = t["lam"].detach().clone()
+    lam[:, 2] = 0.0
+    lam[:, 5:7] = 1.0
+    lam[:, -1] = 0.0
+    t["lam"] = lam.requires_grad_()
+    with triton_hgru.override_config(block_t=4, block_d=2, segments=2):
+        for reverse in (False, True):
+            t1, t2 = _clone(t), _clone(t)
+            for a, b in zip(_run_complex("triton", t1, reverse, True),
+                            _run_complex("reference", t2, reverse, True)):
+                _close(a, b, 1e-4, "h")
+            del t1["theta_r"], t2["theta_r"]
+            g1 = _grads(_run_complex("triton", t1, reverse, True), t1)
+            g2 = _grads(_run_complex("reference", t2, reverse, True), t2)
+            for name in t1:
+                _close(g1[name], g2[name], 1e-4, f"d{name} reverse={reverse}")
+            x1 = {"x": t1["u"], "lam": t1["lam"]}
+            x2 = {"x": t2["u"], "lam": t2["lam"]}
+            g1 = _grads([hgrn_core.real_scan(x1["x"], x1["lam"], reverse=reverse,
+                                             backend="triton")], x1)
+            g2 = _grads([hgrn_core.real_scan(x2["x"], x2["lam"], reverse=reverse,
+                                             backend="reference")], x2)
+            for name in x1:
+                _close(g1[name], g2[name], 1e-4, f"real d{name} reverse={reverse}")
+        t1, t2 = _clone(t), _clone(t)
+        for x in (t1, t2):
+            del x["h0r"], x["h0i"]
+        g1 = _grads(hgrn_core.bidirectional_scan(t1["u"], t1["v"], t1["lam"], t1["theta"],
+                                                 t1["theta_r"], backend="triton"), t1)
+        g2 = _grads(hgrn_core.bidirectional_scan(t2["u"], t2["v"], t2["lam"], t2["theta"],
+                                                 t2["theta_r"], backend="reference"), t2)
+        for name in t1:
+            _close(g1[name], g2[name], 1e-4, f"bidirectional d{name}")
+
+
+GRADCHECK = ["complex", "complex-reverse", "bidirectional", "real", "real-reverse"]
+
+
+@pytest.mark.parametrize("B,N,D", [(1, 5, 3), (2, 1, 1)])
+@pytest.mark.parametrize("kind", GRADCHECK)
+def test_gradcheck_fp64(kind, B, N, D):
+    """fp64 through the same kernels (tiles of 2 rows, blocks of 2 channels, 2 segments):
+    torch.autograd.gradcheck of the public API, every input and output (final states
+    included)."""
+    t = {k: x.detach().double() for k, x in _inputs(B, N, D, h0=True, seed=3).items()}
+    reverse = kind.endswith("reverse")
+    if kind.startswith("complex"):
+        def fn(u, v, lam, theta, h0r, h0i):
+            hr, hi, (fr, fi) = hgrn_core.complex_scan(
+                u, v, lam, theta, reverse=reverse, initial_state=(h0r, h0i),
+                return_final_state=True, backend="triton")
+            return hr, hi, fr, fi
+        args = [t[k] for k in ("u", "v", "lam", "theta", "h0r", "h0i")]
+    elif kind == "bidirectional":
+        def fn(u, v, lam, tf, tr):
+            return hgrn_core.bidirectional_scan(u, v, lam, tf, tr, backend="triton")
+        args = [t[k] for k in ("u", "v", "lam", "theta", "theta_r")]
+    else:
+        def fn(x, lam, h0):
+            return hgrn_core.real_scan(x, lam, reverse=reverse, initial_state=h0,
+                                       return_final_state=True, backend="triton")
+        args = [t[k] for k in ("u", "lam", "h0r")]
+    args = [a.requires_grad_() for a in args]
+    with triton_hgru.override_config(block_t=2, block_d=2, segments=2):
+        assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-5,
+                                        fast_mode=True)
+
+
+def test_scan_api_runs_the_walk_kernels(monkeypatch):
+    """Every scan of the public API is a launch of the HGRU walk kernels with GIVEN set,
+    under the HGRU core's launch configuration (segments included)."""
+    from hgrn_core.kernels.triton_hgru_bwd import _hgru_bwd_kernel
+    from hgrn_core.kernels.triton_hgru_fwd import _hgru_fwd_kernel
+    seen = []
+    launch = triton_scan_given._launch
+
+    def spy(kernel, cfg, B, pre, args):
+        seen.append((kernel, cfg.n_seg, args["GIVEN"]))
+        return launch(kernel, cfg, B, pre, args)
+    monkeypatch.setattr(triton_scan_given, "_launch", spy)
+    t = _inputs(1, 9, 3)
+    with triton_hgru.override_config(block_t=2, segments=2):
+        hr, hi = hgrn_core.bidirectional_scan(t["u"], t["v"], t["lam"], t["theta"],
+                                              t["theta_r"], backend="triton")
+        (hr.sum() + hi.sum()).backward()
+    assert seen == [(_hgru_fwd_kernel, 2, True), (_hgru_bwd_kernel, 2, True)]
+    with triton_hgru.override_config(target_programs=264):
+        few = triton_hgru._Cfg(1, 8192, 64, torch.device("cpu"), bwd=False)
+    assert few.n_seg > 1  # one long sequence: split into segments
+
+
+def test_old_lane_parallel_kernels_are_gone():
+    import importlib.util
+    assert importlib.util.find_spec("hgrn_core.kernels.triton_scan") is None
 
 
 # ------------------------------------------------------------------------------ GPU only

@@ -4,7 +4,8 @@
   scan directions in one launch, from the projection to the state (docs/triton.md);
 * the output path (op ``hgrn::norm_gate``): ``hgrn_core.kernels.triton_norm_gate``;
 * the plain scans (``hgrn::complex_scan``, ``bidirectional_scan``, ``real_scan`` of the
-  public scan API): ``hgrn_core.kernels.triton_scan``.
+  public scan API): the same walk kernels with decays and inputs given
+  (``hgrn_core.kernels.triton_scan_given``).
 
 Runs on CUDA tensors, and on CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's
 interpreter, for tests: slow). fp32/bf16/fp16 inputs are computed with an fp32 state and
@@ -22,8 +23,8 @@ from .base import ScanBackend
 
 
 def _kernels():
-    from ..kernels import triton_scan  # imports triton
-    return triton_scan
+    from ..kernels import triton_scan_given  # imports triton
+    return triton_scan_given
 
 
 class TritonBackend(ScanBackend):
@@ -39,48 +40,25 @@ class TritonBackend(ScanBackend):
             return True
         return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
-    # --- complex, one direction ---------------------------------------------------------
+    # --- the plain scans: the walk kernels with decays and inputs given -------------------
     def complex_forward(self, u, v, lam, theta, h0r, h0i, reverse):
-        if h0r is not None or h0i is not None:
-            h0r = h0r if h0r is not None else torch.zeros_like(h0i)
-            h0i = h0i if h0i is not None else torch.zeros_like(h0r)
-        hr, hi, hNr, hNi = self._k.scan_forward(
-            u, v, lam, theta, theta, h0r, h0i, forward=not reverse, backward_dir=reverse)
-        return hr, hi, hNr, hNi
+        return self._k.complex_forward(u, v, lam, theta, h0r, h0i, reverse)
 
     def complex_backward(self, ghr, ghi, ghNr, ghNi, u, v, lam, theta, h0r, h0i, reverse):
-        has_h0 = h0r is not None or h0i is not None
-        if has_h0:
-            h0r = h0r if h0r is not None else torch.zeros_like(h0i)
-            h0i = h0i if h0i is not None else torch.zeros_like(h0r)
-        du, dv, dlam, dtf, dtr, dh0r, dh0i = self._k.scan_backward(
-            ghr, ghi, ghNr, ghNi, u, v, lam, theta, theta, h0r, h0i,
-            forward=not reverse, backward_dir=reverse)
-        return du, dv, dlam, (dtr if reverse else dtf), dh0r, dh0i
+        return self._k.complex_backward(ghr, ghi, ghNr, ghNi, u, v, lam, theta, h0r, h0i,
+                                        reverse)
 
-    # --- fused bidirectional ------------------------------------------------------------
     def bidirectional_forward(self, u, v, lam, theta_f, theta_r):
-        hr, hi, _, _ = self._k.scan_forward(u, v, lam, theta_f, theta_r,
-                                            forward=True, backward_dir=True)
-        return hr, hi
+        return self._k.bidirectional_forward(u, v, lam, theta_f, theta_r)
 
     def bidirectional_backward(self, ghr, ghi, u, v, lam, theta_f, theta_r):
-        du, dv, dlam, dtf, dtr, _, _ = self._k.scan_backward(
-            ghr, ghi, None, None, u, v, lam, theta_f, theta_r,
-            forward=True, backward_dir=True)
-        return du, dv, dlam, dtf, dtr
+        return self._k.bidirectional_backward(ghr, ghi, u, v, lam, theta_f, theta_r)
 
-    # --- real -----------------------------------------------------------------------------
     def real_forward(self, x, lam, h0, reverse):
-        h, _, hN, _ = self._k.scan_forward(x, None, lam, None, None, h0, None,
-                                           forward=not reverse, backward_dir=reverse)
-        return h, hN
+        return self._k.real_forward(x, lam, h0, reverse)
 
     def real_backward(self, gh, ghN, x, lam, h0, reverse):
-        dx, _, dlam, _, _, dh0, _ = self._k.scan_backward(
-            gh, None, ghN, None, x, None, lam, None, None, h0, None,
-            forward=not reverse, backward_dir=reverse)
-        return dx, dlam, dh0
+        return self._k.real_backward(gh, ghN, x, lam, h0, reverse)
 
     # --- the HGRU core (hgrn::hgru): gates and scans fused ----------------------------------
     def hgru_forward(self, proj, lower_bound, theta_f, theta_r, h0, direction):

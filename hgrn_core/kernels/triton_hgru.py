@@ -6,6 +6,9 @@
     reverse:  h_t = lam_t e^{i theta_r} h_{t+1} + x_t      (h_{N+1} = h0 or 0)
     both:     h = h_fwd + h_rev                             (no initial / final state)
 
+The same kernels with the compile-time flag ``GIVEN`` read ``lam`` and ``x = u + i v`` as given
+instead of forming them from ``proj``: the public scan API (``triton_scan_given``).
+
 Public functions (the Triton backend wires them into ``hgrn::hgru``):
 
     hgru_forward(proj, lower_bound, theta_f, theta_r, h0, direction) -> (h, hN)
@@ -212,16 +215,36 @@ def _fast_math(cfg, dtype: torch.dtype) -> int:
     return int(_OVERRIDE.get("fast", 2))
 
 
-def _shape_args(cfg, N: int, d: int, proj: Tensor, real: bool, lb, h0c) -> dict:
+def _shape_args(cfg, N: int, d: int, proj: Tensor, real: bool, lb, h0c,
+                given: bool = False) -> dict:
     """The launch arguments the forward and backward kernels share: sizes, tiling and the
-    compile-time flags for the dtype, the optional inputs and even shapes."""
+    compile-time flags for the dtype, the optional inputs and even shapes (``given``: the
+    scan API's decays and inputs, triton_scan_given)."""
     return dict(N=N, D=d, n_tiles=cfg.n_tiles, tps=cfg.tps, n_seg=cfg.n_seg,
                 BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=_acc(proj.dtype),
                 HAS_LB=lb is not None, HAS_H0=h0c is not None,
                 VEC=cfg.vec, PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages,
                 FAST=_fast_math(cfg, proj.dtype),
-                EVEN_N=N % cfg.block_t == 0, EVEN_D=d % cfg.block_d == 0,
+                EVEN_N=N % cfg.block_t == 0, EVEN_D=d % cfg.block_d == 0, GIVEN=given,
                 num_warps=cfg.num_warps)
+
+
+def _scratch(cfg, B: int, W: int, acc_t: torch.dtype, pre: bool, dummy: Tensor, bwd: bool
+             ) -> dict:
+    """The scratch buffers of one pass: per-tile boundaries of the pre-walk quantities (and
+    their cumulative decays for S > 1), per-segment summaries (S > 1); ``dummy`` where
+    unused. Forward: 1 pre-walk quantity, 2 summary slots; backward: 2 and 4."""
+    dev = dummy.device
+    seg = cfg.n_seg > 1
+    bnd = cum = se = sp = dummy
+    if pre:
+        shape = (2, B, cfg.n_tiles, W) if bwd else (B, cfg.n_tiles, W)
+        bnd = torch.empty(shape, device=dev, dtype=acc_t)
+        cum = torch.empty_like(bnd) if seg else bnd
+    if seg:
+        se = torch.empty(4 if bwd else 2, B, cfg.n_seg, W, device=dev, dtype=acc_t)
+        sp = torch.empty_like(se)
+    return dict(BND=bnd, CUM=cum, SE=se, SP=sp)
 
 
 def _launch(kernel, cfg, B: int, pre: bool, args: dict) -> None:
@@ -252,21 +275,13 @@ def hgru_forward(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[
     h = torch.empty(B, N, W, device=dev, dtype=proj.dtype)
     hN = torch.zeros(B, W, device=dev, dtype=acc_t)
     lb, thf, thr, h0c = _vec(lower_bound), _vec(theta_f), _vec(theta_r), _vec(h0)
-    seg = cfg.n_seg > 1
-    bnd = cum = h
-    if both:
-        bnd = torch.empty(B, cfg.n_tiles, W, device=dev, dtype=acc_t)
-        cum = torch.empty_like(bnd) if seg else bnd
-    se = sp = h
-    if seg:
-        se = torch.empty(2, B, cfg.n_seg, W, device=dev, dtype=acc_t)
-        sp = torch.empty_like(se)
     args = dict(
         P=proj, sp_b=proj.stride(0), sp_n=proj.stride(1), H=h, HN=hN,
         H0=h0c if h0c is not None else h, LB=lb if lb is not None else h,
         THF=thf if (thf is not None and do_f) else h,
         THR=thr if (thr is not None and do_r) else h,
-        BND=bnd, CUM=cum, SE=se, SP=sp, DO_F=do_f, DO_R=do_r,
+        DO_F=do_f, DO_R=do_r, V=proj, LAM=proj, HI=h,
+        **_scratch(cfg, B, W, acc_t, both, h, bwd=False),
         **_shape_args(cfg, N, d, proj, real, lb, h0c))
     _launch(_hgru_fwd_kernel, cfg, B, pre=both, args=args)
     return h, hN
@@ -297,7 +312,6 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
         dhN = None  # hN is zeros for 'both': it does not depend on the inputs
     cfg = _Cfg(B, N, d, dev, bwd=True)
     S = cfg.n_seg
-    seg = S > 1
     dproj = torch.empty(B, N, W + d, device=dev, dtype=proj.dtype)
     lb, thf, thr, h0c, gN = (_vec(lower_bound), _vec(theta_f), _vec(theta_r), _vec(h0),
                              _vec(dhN))
@@ -307,12 +321,6 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
     ptr = torch.empty(B * S, d, device=dev, dtype=acc_t) if need_tr else dproj
     plb = torch.empty(B * S, d, device=dev, dtype=acc_t) if lb is not None else dproj
     dh0 = torch.empty(B, W, device=dev, dtype=acc_t) if h0c is not None else None
-    bnd = torch.empty(2, B, cfg.n_tiles, W, device=dev, dtype=acc_t)
-    cum = torch.empty_like(bnd) if seg else bnd
-    se = sp = dproj
-    if seg:
-        se = torch.empty(4, B, S, W, device=dev, dtype=acc_t)
-        sp = torch.empty_like(se)
     args = dict(
         P=proj, sp_b=proj.stride(0), sp_n=proj.stride(1),
         G=dh, sg_b=dh.stride(0), sg_n=dh.stride(1),
@@ -321,8 +329,9 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
         THF=thf if (thf is not None and do_f) else dproj,
         THR=thr if (thr is not None and do_r) else dproj,
         DP=dproj, DH0=dh0 if dh0 is not None else dproj, PTF=ptf, PTR=ptr, PLB=plb,
-        BND=bnd, CUM=cum, SE=se, SP=sp, HAS_GN=gN is not None,
+        HAS_GN=gN is not None, **_scratch(cfg, B, W, acc_t, True, dproj, bwd=True),
         DO_F=do_f, DO_R=do_r, MAIN_REV=main_rev,
+        V=proj, LAM=proj, GI=dh, DV=dproj, DL=dproj,
         **_shape_args(cfg, N, d, proj, real, lb, h0c))
     _launch(_hgru_bwd_kernel, cfg, B, pre=True, args=args)
     dtf = ptf.sum(0) if need_tf else None

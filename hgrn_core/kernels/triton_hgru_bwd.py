@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from .triton_hgru_device import (
-    _rsum, _walk, _decay, _sig, _lam, _gates, _fdiv, _channels, _ld_proj, _ld_mu, _ld_g,
+    _rsum, _walk, _decay, _sig, _lam_at, _gates, _fdiv, _channels, _ld_proj, _ld_g, _prev_terms,
     _load_vec, _fold, _store_pair, _load_pair, _pre_step, _racc_step, _boundary,
 )
 
@@ -18,17 +18,22 @@ def _hgru_bwd_kernel(
         P, sp_b, sp_n, G, sg_b, sg_n, GN, H0, LB, THF, THR,
         DP, DH0, PTF, PTR, PLB,
         BND, CUM, SE, SP,
-        N, D, n_tiles, tps, n_seg,
+        N, D, n_tiles, tps, n_seg, V, LAM, GI, DV, DL,
         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, REAL: tl.constexpr, ACC: tl.constexpr,
         HAS_LB: tl.constexpr, HAS_H0: tl.constexpr, HAS_GN: tl.constexpr,
         DO_F: tl.constexpr, DO_R: tl.constexpr, MAIN_REV: tl.constexpr,
         PRE: tl.constexpr, MAIN: tl.constexpr, SEG_A: tl.constexpr, SEG_B: tl.constexpr,
         VEC: tl.constexpr, PREFETCH: tl.constexpr, FAST: tl.constexpr,
-        EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, NUM_STAGES: tl.constexpr):
+        EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, NUM_STAGES: tl.constexpr,
+        GIVEN: tl.constexpr):
     """Backward of the HGRU core. Main walk R (MAIN_REV: 'forward', 'both') or L
     ('reverse'); quantities whose direction is the main one are carried by the main walk,
     the others by the pre-walk. Boundary slots: HF/HR 0, DF/DR 1. Summary slots: HF 0,
-    HR 1, DF 2, DR 3. h0 seeds HF ('forward') or HR ('reverse'); dhN seeds DF / DR."""
+    HR 1, DF 2, DR 3. h0 seeds HF ('forward') or HR ('reverse'); dhN seeds DF / DR.
+
+    GIVEN (the scan API): P, V, LAM are u, v, lam and G, GI the gradients of Re h, Im h,
+    (B, N, D) each; du, dv, dlam are written to DP, DV, DL. The state walks return h_{t-1}
+    (h_{t+1} reverse) so that dlam = Re(D conj(e^{i theta} h_{t-1})) needs no division."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     B = tl.num_programs(1).to(tl.int64)
@@ -43,10 +48,18 @@ def _hgru_bwd_kernel(
         W = D
     else:
         W = 2 * D
-    WP = W + D
+    if GIVEN:
+        WP = D  # row width of the gradient output(s)
+    else:
+        WP = W + D
     pbase = P + b * sp_b
+    vbase = V + b * sp_b
+    lbase = LAM + b * sp_b
     gbase = G + b * sg_b
+    gibase = GI + b * sg_b
     dbase = DP + b * N * WP
+    dvbase = DV + b * N * WP
+    dlbase = DL + b * N * WP
     roff = rows * sp_n + offs_d  # tile offsets from its first row
     goff = rows * sg_n + offs_d
     doff = rows * WP + offs_d
@@ -139,10 +152,10 @@ def _hgru_bwd_kernel(
             bidx0 = (b * n_tiles + k) * W + offs_d
             bidx1 = ((B + b) * n_tiles + k) * W + offs_d
             if W_HF or W_HR:
-                c_r, c_i, mu = _ld_proj(pbase, sp_n, roff, k, True, rows, md, N, D, W,
-                                        BLOCK_T, REAL, EVEN_N)
+                c_r, c_i, mu = _ld_proj(pbase, vbase, lbase, sp_n, roff, k, True, rows, md, N, D, W,
+                                        BLOCK_T, REAL, EVEN_N, GIVEN)
                 s, oms, lam, oml, xr, xi, c_r, c_i, sg_r, sg_i = _gates(c_r, c_i, mu, lb, ACC,
-                                                                        REAL, FAST)
+                                                                        REAL, FAST, GIVEN)
             if W_HF:
                 ar, ai = _decay(lam, cf, sf, mt, False, REAL)
                 if HF_PRE:
@@ -162,13 +175,14 @@ def _hgru_bwd_kernel(
                     a_er, a_ei, a_gr, a_gi = _racc_step(ar, ai, xr, xi, a_er, a_ei, a_gr,
                                                         a_gi, rows, True, REAL, BLOCK_T)
             if W_G:
-                g_r, g_i = _ld_g(gbase, sg_n, goff, k, True, rows, md, N, D, BLOCK_T, REAL, EVEN_N)
+                g_r, g_i = _ld_g(gbase, gibase, sg_n, goff, k, True, rows, md, N, D, BLOCK_T, REAL,
+                                 EVEN_N, GIVEN)
                 g_r = g_r.to(ACC)
                 g_i = g_i.to(ACC)
             if W_DF:
                 vn = t + 1 < N
-                lamn = _lam(_ld_mu(pbase, sp_n, roff, k, True, rows, md, N, W, BLOCK_T,
-                                   1).to(ACC), lb, FAST)
+                lamn = _lam_at(pbase, lbase, sp_n, roff, k, rows, md, N, W, lb, BLOCK_T, 1,
+                               ACC, FAST, GIVEN)
                 ar, ai = _decay(lamn, cf, sf, vn, True, REAL)
                 if DF_PRE:
                     c1r, c1i, q1r, q1i = _pre_step(ar, ai, g_r, g_i, c1r, c1i, q1r, q1i, BND,
@@ -179,8 +193,8 @@ def _hgru_bwd_kernel(
                                                         g_gi, rows, True, REAL, BLOCK_T)
             if W_DR:
                 vp = (t >= 1) & (t < N)
-                lamp = _lam(_ld_mu(pbase, sp_n, roff, k, True, rows, md, N, W, BLOCK_T,
-                                   -1).to(ACC), lb, FAST)
+                lamp = _lam_at(pbase, lbase, sp_n, roff, k, rows, md, N, W, lb, BLOCK_T, -1,
+                               ACC, FAST, GIVEN)
                 ar, ai = _decay(lamp, cr_, sr_, vp, True, REAL)
                 if DR_PRE:
                     c1r, c1i, q1r, q1i = _pre_step(ar, ai, g_r, g_i, c1r, c1i, q1r, q1i, BND,
@@ -275,9 +289,10 @@ def _hgru_bwd_kernel(
             k0 = k_lo
             kstep = 1
         if PREFETCH:
-            p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, roff, k0, nk > 0, rows, md, N, D, W,
-                                        BLOCK_T, REAL, EVEN_N)
-            p_gr, p_gi = _ld_g(gbase, sg_n, goff, k0, nk > 0, rows, md, N, D, BLOCK_T, REAL, EVEN_N)
+            p_cr, p_ci, p_mu = _ld_proj(pbase, vbase, lbase, sp_n, roff, k0, nk > 0, rows, md, N, D,
+                                        W, BLOCK_T, REAL, EVEN_N, GIVEN)
+            p_gr, p_gi = _ld_g(gbase, gibase, sg_n, goff, k0, nk > 0, rows, md, N, D, BLOCK_T, REAL,
+                               EVEN_N, GIVEN)
         for j in tl.range(0, nk, num_stages=NUM_STAGES):
             k = k0 + j * kstep
             if PREFETCH:
@@ -286,14 +301,15 @@ def _hgru_bwd_kernel(
                 mu = p_mu
                 g_r = p_gr
                 g_i = p_gi
-                p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, roff, k + kstep, j + 1 < nk, rows,
-                                            md, N, D, W, BLOCK_T, REAL, EVEN_N)
-                p_gr, p_gi = _ld_g(gbase, sg_n, goff, k + kstep, j + 1 < nk, rows, md, N, D,
-                                   BLOCK_T, REAL, EVEN_N)
+                p_cr, p_ci, p_mu = _ld_proj(pbase, vbase, lbase, sp_n, roff, k + kstep, j + 1 < nk,
+                                            rows, md, N, D, W, BLOCK_T, REAL, EVEN_N, GIVEN)
+                p_gr, p_gi = _ld_g(gbase, gibase, sg_n, goff, k + kstep, j + 1 < nk, rows, md, N, D,
+                                   BLOCK_T, REAL, EVEN_N, GIVEN)
             else:
-                c_r, c_i, mu = _ld_proj(pbase, sp_n, roff, k, True, rows, md, N, D, W,
-                                        BLOCK_T, REAL, EVEN_N)
-                g_r, g_i = _ld_g(gbase, sg_n, goff, k, True, rows, md, N, D, BLOCK_T, REAL, EVEN_N)
+                c_r, c_i, mu = _ld_proj(pbase, vbase, lbase, sp_n, roff, k, True, rows, md, N, D, W,
+                                        BLOCK_T, REAL, EVEN_N, GIVEN)
+                g_r, g_i = _ld_g(gbase, gibase, sg_n, goff, k, True, rows, md, N, D, BLOCK_T, REAL,
+                                 EVEN_N, GIVEN)
             t = k * BLOCK_T + rows
             if EVEN_N:
                 mt = tl.full([BLOCK_T, 1], 1, tl.int1)
@@ -301,7 +317,7 @@ def _hgru_bwd_kernel(
                 mt = t < N
             m2 = mt & md
             s, oms, lam, oml, xr, xi, c_r, c_i, sg_r, sg_i = _gates(c_r, c_i, mu, lb, ACC,
-                                                                        REAL, FAST)
+                                                                        REAL, FAST, GIVEN)
             g_r = g_r.to(ACC)
             g_i = g_i.to(ACC)
             bidx0 = (b * n_tiles + k) * W + offs_d
@@ -314,14 +330,16 @@ def _hgru_bwd_kernel(
                 ar, ai = _decay(lam, cf, sf, mt, False, REAL)
                 if HF_MAIN:
                     hr, hi, mr, mi, _, _ = _walk(ar, ai, xr, xi, mr, mi, rows, False, REAL,
-                                                 BLOCK_T, False)
+                                                 BLOCK_T, False, GIVEN)
                 else:
                     br, bi = _boundary(BND, CUM, bidx0, p0r, p0i, md, D, SEG_B, REAL, ACC)
                     hr, hi, _, _, _, _ = _walk(ar, ai, xr, xi, br, bi, rows, False, REAL,
-                                               BLOCK_T, False)
+                                               BLOCK_T, False, GIVEN)
+                if GIVEN:  # (hr, hi) = the state entering each row
+                    yr, yi, epr, epi = _prev_terms(ar, ai, hr, hi, cf, sf, REAL)
                 vn = t + 1 < N
-                lamn = _lam(_ld_mu(pbase, sp_n, roff, k, True, rows, md, N, W, BLOCK_T,
-                                   1).to(ACC), lb, FAST)
+                lamn = _lam_at(pbase, lbase, sp_n, roff, k, rows, md, N, W, lb, BLOCK_T, 1,
+                               ACC, FAST, GIVEN)
                 ar, ai = _decay(lamn, cf, sf, vn, True, REAL)
                 if DF_MAIN:
                     er, ei, nr, ni, _, _ = _walk(ar, ai, g_r, g_i, nr, ni, rows, True, REAL,
@@ -330,28 +348,38 @@ def _hgru_bwd_kernel(
                     br, bi = _boundary(BND, CUM, bidx1, p1r, p1i, md, D, SEG_B, REAL, ACC)
                     er, ei, _, _, _, _ = _walk(ar, ai, g_r, g_i, br, bi, rows, True, REAL,
                                                BLOCK_T, False)
-                yr = hr - xr
+                if not GIVEN:
+                    yr = hr - xr
                 dxr += er
                 if REAL:
-                    q += er * yr
+                    if GIVEN:
+                        q += er * epr
+                    else:
+                        q += er * yr
                 else:
-                    yi = hi - xi
+                    if not GIVEN:
+                        yi = hi - xi
                     dxi += ei
-                    q += er * yr + ei * yi
+                    if GIVEN:
+                        q += er * epr + ei * epi
+                    else:
+                        q += er * yr + ei * yi
                     acc_f += _rsum(tl.where(m2, ei * yr - er * yi, 0.0))
             if DO_R:
                 # reverse direction: state HR (R), gradient state DR (L)
                 ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
                 if HR_MAIN:
                     hr, hi, mr, mi, _, _ = _walk(ar, ai, xr, xi, mr, mi, rows, True, REAL,
-                                                 BLOCK_T, False)
+                                                 BLOCK_T, False, GIVEN)
                 else:
                     br, bi = _boundary(BND, CUM, bidx0, p0r, p0i, md, D, SEG_B, REAL, ACC)
                     hr, hi, _, _, _, _ = _walk(ar, ai, xr, xi, br, bi, rows, True, REAL,
-                                               BLOCK_T, False)
+                                               BLOCK_T, False, GIVEN)
+                if GIVEN:  # (hr, hi) = the state entering each row
+                    yr, yi, epr, epi = _prev_terms(ar, ai, hr, hi, cr_, sr_, REAL)
                 vp = (t >= 1) & (t < N)
-                lamp = _lam(_ld_mu(pbase, sp_n, roff, k, True, rows, md, N, W, BLOCK_T,
-                                   -1).to(ACC), lb, FAST)
+                lamp = _lam_at(pbase, lbase, sp_n, roff, k, rows, md, N, W, lb, BLOCK_T, -1,
+                               ACC, FAST, GIVEN)
                 ar, ai = _decay(lamp, cr_, sr_, vp, True, REAL)
                 if DR_MAIN:
                     er, ei, nr, ni, _, _ = _walk(ar, ai, g_r, g_i, nr, ni, rows, False, REAL,
@@ -360,33 +388,49 @@ def _hgru_bwd_kernel(
                     br, bi = _boundary(BND, CUM, bidx1, p1r, p1i, md, D, SEG_B, REAL, ACC)
                     er, ei, _, _, _, _ = _walk(ar, ai, g_r, g_i, br, bi, rows, False, REAL,
                                                BLOCK_T, False)
-                yr = hr - xr
+                if not GIVEN:
+                    yr = hr - xr
                 dxr += er
                 if REAL:
-                    q += er * yr
+                    if GIVEN:
+                        q += er * epr
+                    else:
+                        q += er * yr
                 else:
-                    yi = hi - xi
+                    if not GIVEN:
+                        yi = hi - xi
                     dxi += ei
-                    q += er * yr + ei * yi
+                    if GIVEN:
+                        q += er * epr + ei * epi
+                    else:
+                        q += er * yr + ei * yi
                     acc_r += _rsum(tl.where(m2, ei * yr - er * yi, 0.0))
-            # gates' gradients
-            olb = 1.0 - lb
-            dlx = -(dxr * c_r * sg_r)
-            if not REAL:
-                dlx -= dxi * c_i * sg_i
-            pos = lam > 0
-            rl = _fdiv(1.0, tl.where(pos, lam, 1.0), FAST)
-            r = tl.where(pos, olb * s * rl, 1.0)
-            dmu = (q * r + dlx * olb * s) * oms
-            if HAS_LB:
-                acc_l += _rsum(tl.where(m2, (tl.where(pos, q * rl, 0.0) + dlx) * oms, 0.0))
-            dcr = oml * dxr * sg_r * (1.0 + c_r * (1.0 - sg_r))
-            dpp = dbase + (k * BLOCK_T).to(tl.int64) * WP + doff
-            tl.store(dpp, dcr.to(DP.dtype.element_ty), mask=m2)
-            if not REAL:
-                dci = oml * dxi * sg_i * (1.0 + c_i * (1.0 - sg_i))
-                tl.store(dpp + D, dci.to(DP.dtype.element_ty), mask=m2)
-            tl.store(dpp + W, dmu.to(DP.dtype.element_ty), mask=m2)
+            if GIVEN:
+                # du = dx, dv = dxi, dlam = q = sum_dir Re(D conj(e^{i theta} h_prev))
+                dps = (k * BLOCK_T).to(tl.int64) * WP
+                tl.store(dbase + dps + doff, dxr.to(DP.dtype.element_ty), mask=m2)
+                if not REAL:
+                    tl.store(dvbase + dps + doff, dxi.to(DP.dtype.element_ty), mask=m2)
+                tl.store(dlbase + dps + doff, q.to(DP.dtype.element_ty), mask=m2)
+            else:
+                # gates' gradients
+                olb = 1.0 - lb
+                dlx = -(dxr * c_r * sg_r)
+                if not REAL:
+                    dlx -= dxi * c_i * sg_i
+                pos = lam > 0
+                rl = _fdiv(1.0, tl.where(pos, lam, 1.0), FAST)
+                r = tl.where(pos, olb * s * rl, 1.0)
+                dmu = (q * r + dlx * olb * s) * oms
+                if HAS_LB:
+                    acc_l += _rsum(tl.where(m2, (tl.where(pos, q * rl, 0.0) + dlx) * oms, 0.0))
+                dcr = oml * dxr * sg_r * (1.0 + c_r * (1.0 - sg_r))
+                dpp = dbase + (k * BLOCK_T).to(tl.int64) * WP + doff
+                tl.store(dpp, dcr.to(DP.dtype.element_ty), mask=m2)
+                if not REAL:
+                    dci = oml * dxi * sg_i * (1.0 + c_i * (1.0 - sg_i))
+                    tl.store(dpp + D, dci.to(DP.dtype.element_ty), mask=m2)
+                tl.store(dpp + W, dmu.to(DP.dtype.element_ty), mask=m2)
 
         # per-program partial sums
         pidx = (b * n_seg + seg) * D + offs_d
@@ -402,13 +446,18 @@ def _hgru_bwd_kernel(
             if MAIN_REV:
                 is_end = seg == 0
                 pe = pbase
+                le = lbase
             else:
                 is_end = seg == n_seg - 1
                 pe = pbase + tl.cast(N - 1, tl.int64) * sp_n
+                le = lbase + tl.cast(N - 1, tl.int64) * sp_n
             if is_end:
-                mu_e = tl.load(pe + W + offs_d, mask=md, other=0.0).to(ACC)
-                s_e, oms_e = _sig(mu_e, FAST)
-                lam_e = lb + (1.0 - lb) * s_e
+                if GIVEN:
+                    lam_e = tl.load(le + offs_d, mask=md, other=0.0).to(ACC)
+                else:
+                    mu_e = tl.load(pe + W + offs_d, mask=md, other=0.0).to(ACC)
+                    s_e, oms_e = _sig(mu_e, FAST)
+                    lam_e = lb + (1.0 - lb) * s_e
                 if REAL:
                     tl.store(DH0 + vidx, lam_e * nr, mask=md)
                 else:

@@ -30,10 +30,11 @@ def _zeros_like(x):
 
 @triton.jit
 def _walk(ar, ai, xr, xi, cr, ci, rows, REV: tl.constexpr, REAL: tl.constexpr,
-          BLOCK_T: tl.constexpr, WANT_P: tl.constexpr):
+          BLOCK_T: tl.constexpr, WANT_P: tl.constexpr, PREV: tl.constexpr = False):
     """The recurrence h = A h + x over the rows of a tile, entered with the carry (cr, ci)
     (REV: from the last row to the first). Returns the states (tiles), the carry leaving the
     tile and, with WANT_P, the tile's total decay (product of its A's, by multiplication).
+    PREV: the states returned are those entering each row (h_{t-1}; reverse: h_{t+1}).
 
     Written row by row (unrolled over the BLOCK_T rows): with the time axis inside each thread
     this is a plain chain of complex multiply-adds in registers -- no scan tree, no products
@@ -54,16 +55,23 @@ def _walk(ar, ai, xr, xi, cr, ci, rows, REV: tl.constexpr, REAL: tl.constexpr,
         a_r = tl.reduce(tl.where(sel, ar, -0.0), 0, _sum_combine, keep_dims=True)
         x_r = tl.reduce(tl.where(sel, xr, -0.0), 0, _sum_combine, keep_dims=True)
         if REAL:
+            if PREV:
+                hr_t = tl.where(sel, cr, hr_t)
             cr = a_r * cr + x_r
-            hr_t = tl.where(sel, cr, hr_t)
+            if not PREV:
+                hr_t = tl.where(sel, cr, hr_t)
             if WANT_P:
                 pr = a_r * pr
         else:
             a_i = tl.reduce(tl.where(sel, ai, -0.0), 0, _sum_combine, keep_dims=True)
             x_i = tl.reduce(tl.where(sel, xi, -0.0), 0, _sum_combine, keep_dims=True)
+            if PREV:
+                hr_t = tl.where(sel, cr, hr_t)
+                hi_t = tl.where(sel, ci, hi_t)
             cr, ci = a_r * cr - a_i * ci + x_r, a_r * ci + a_i * cr + x_i
-            hr_t = tl.where(sel, cr, hr_t)
-            hi_t = tl.where(sel, ci, hi_t)
+            if not PREV:
+                hr_t = tl.where(sel, cr, hr_t)
+                hi_t = tl.where(sel, ci, hi_t)
             if WANT_P:
                 pr, pi = a_r * pr - a_i * pi, a_r * pi + a_i * pr
     if REAL:
@@ -71,6 +79,25 @@ def _walk(ar, ai, xr, xi, cr, ci, rows, REV: tl.constexpr, REAL: tl.constexpr,
         ci = cr
         pi = pr
     return hr_t, hi_t, cr, ci, pr, pi
+
+
+@triton.jit
+def _prev_terms(ar, ai, pr, pi, c, s, REAL: tl.constexpr):
+    """The scan API's backward, from the state entering each row p = h_{t-1} (reverse:
+    h_{t+1}) and its decay A = lam e^{i theta} = (ar, ai): y = A p (for dtheta =
+    Im(D conj y)) and e^{i theta} p (for dlam = Re(D conj(e^{i theta} p)): no division by
+    lam, which may be 0)."""
+    if REAL:
+        yr = ar * pr
+        yi = yr
+        er = pr
+        ei = pr
+    else:
+        yr = ar * pr - ai * pi
+        yi = ar * pi + ai * pr
+        er = c * pr - s * pi
+        ei = c * pi + s * pr
+    return yr, yi, er, ei
 
 
 @triton.jit
@@ -157,9 +184,19 @@ def _lam(mu, lb, FAST: tl.constexpr):
 
 
 @triton.jit
-def _gates(c_r, c_i, mu, lb, ACC: tl.constexpr, REAL: tl.constexpr, FAST: tl.constexpr):
+def _gates(c_r, c_i, mu, lb, ACC: tl.constexpr, REAL: tl.constexpr, FAST: tl.constexpr,
+           GIVEN: tl.constexpr):
     """s = sigmoid(mu), 1 - s, lam, 1 - lam and x = (1 - lam) silu(c) from the raw tile;
-    also sigmoid(c) (sg_r, sg_i) and c in ACC for the backward."""
+    also sigmoid(c) (sg_r, sg_i) and c in ACC for the backward. GIVEN (the scan API): the
+    tile is (u, v, lam) itself: lam and x = u + i v in ACC, the other results unused."""
+    if GIVEN:
+        lam = mu.to(ACC)
+        xr = c_r.to(ACC)
+        if REAL:
+            xi = xr
+        else:
+            xi = c_i.to(ACC)
+        return lam, lam, lam, lam, xr, xi, xr, xi, xr, xi
     mu = mu.to(ACC)
     c_r = c_r.to(ACC)
     if REAL:
@@ -202,22 +239,31 @@ def _channels(pid_d, BLOCK_D: tl.constexpr, VEC: tl.constexpr):
 
 
 @triton.jit
-def _ld_proj(pbase, sp_n, roff, k, ok, rows, md, N, D, W, BLOCK_T: tl.constexpr,
-             REAL: tl.constexpr, EVEN_N: tl.constexpr):
+def _ld_proj(pbase, vbase, lbase, sp_n, roff, k, ok, rows, md, N, D, W, BLOCK_T: tl.constexpr,
+             REAL: tl.constexpr, EVEN_N: tl.constexpr, GIVEN: tl.constexpr):
     """Raw (c_r, c_i, mu) of tile k (all masked off unless ``ok``). ``roff`` = the tile's
-    offsets from its first row (loop invariant); the row base is one int64 scalar."""
+    offsets from its first row (loop invariant); the row base is one int64 scalar. GIVEN:
+    (u, v, lam) from the row bases of three tensors with the same strides."""
     t0 = k * BLOCK_T
     if EVEN_N:
         m2 = md & ok
     else:
         m2 = ((t0 + rows < N) & ok) & md
-    rp = pbase + t0.to(tl.int64) * sp_n + roff
+    rs = t0.to(tl.int64) * sp_n  # the tile's first row, one int64 scalar
+    rp = pbase + rs + roff
     c_r = tl.load(rp, mask=m2, other=0.0)
-    mu = tl.load(rp + W, mask=m2, other=0.0)
-    if REAL:
-        c_i = c_r
+    if GIVEN:
+        mu = tl.load(lbase + rs + roff, mask=m2, other=0.0)
+        if REAL:
+            c_i = c_r
+        else:
+            c_i = tl.load(vbase + rs + roff, mask=m2, other=0.0)
     else:
-        c_i = tl.load(rp + D, mask=m2, other=0.0)
+        mu = tl.load(rp + W, mask=m2, other=0.0)
+        if REAL:
+            c_i = c_r
+        else:
+            c_i = tl.load(rp + D, mask=m2, other=0.0)
     return c_r, c_i, mu
 
 
@@ -233,20 +279,38 @@ def _ld_mu(pbase, sp_n, roff, k, ok, rows, md, N, W, BLOCK_T: tl.constexpr,
 
 
 @triton.jit
-def _ld_g(gbase, sg_n, goff, k, ok, rows, md, N, D, BLOCK_T: tl.constexpr,
-          REAL: tl.constexpr, EVEN_N: tl.constexpr):
+def _ld_g(gbase, gibase, sg_n, goff, k, ok, rows, md, N, D, BLOCK_T: tl.constexpr,
+          REAL: tl.constexpr, EVEN_N: tl.constexpr, GIVEN: tl.constexpr):
+    """The output gradient of tile k: [Re | Im] rows of one tensor, or (GIVEN) two tensors
+    with the same strides."""
     t0 = k * BLOCK_T
     if EVEN_N:
         m2 = md & ok
     else:
         m2 = ((t0 + rows < N) & ok) & md
-    gp = gbase + t0.to(tl.int64) * sg_n + goff
+    gs = t0.to(tl.int64) * sg_n
+    gp = gbase + gs + goff
     g_r = tl.load(gp, mask=m2, other=0.0)
     if REAL:
         g_i = g_r
+    elif GIVEN:
+        g_i = tl.load(gibase + gs + goff, mask=m2, other=0.0)
     else:
         g_i = tl.load(gp + D, mask=m2, other=0.0)
     return g_r, g_i
+
+
+@triton.jit
+def _lam_at(pbase, lbase, sp_n, roff, k, rows, md, N, W, lb, BLOCK_T: tl.constexpr,
+            SHIFT: tl.constexpr, ACC: tl.constexpr, FAST: tl.constexpr, GIVEN: tl.constexpr):
+    """lam at t + SHIFT for the rows t of tile k (0 outside [0, N)): formed from mu, or
+    (GIVEN) loaded."""
+    if GIVEN:
+        lam = _ld_mu(lbase, sp_n, roff, k, True, rows, md, N, 0, BLOCK_T, SHIFT).to(ACC)
+    else:
+        lam = _lam(_ld_mu(pbase, sp_n, roff, k, True, rows, md, N, W, BLOCK_T,
+                          SHIFT).to(ACC), lb, FAST)
+    return lam
 
 
 @triton.jit

@@ -16,15 +16,19 @@ from .triton_hgru_device import (
 def _hgru_fwd_kernel(
         P, sp_b, sp_n, H, HN, H0, LB, THF, THR,
         BND, CUM, SE, SP,
-        N, D, n_tiles, tps, n_seg,
+        N, D, n_tiles, tps, n_seg, V, LAM, HI,
         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, REAL: tl.constexpr, ACC: tl.constexpr,
         HAS_LB: tl.constexpr, HAS_H0: tl.constexpr, DO_F: tl.constexpr, DO_R: tl.constexpr,
         PRE: tl.constexpr, MAIN: tl.constexpr, SEG_A: tl.constexpr, SEG_B: tl.constexpr,
         VEC: tl.constexpr, PREFETCH: tl.constexpr, FAST: tl.constexpr,
-        EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, NUM_STAGES: tl.constexpr):
+        EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, NUM_STAGES: tl.constexpr,
+        GIVEN: tl.constexpr):
     """Forward of the HGRU core. Main walk L for 'forward'/'both' (DO_F), R for 'reverse';
     'both' pre-walks R for HR. PRE+MAIN: one launch (S = 1); SEG_A / SEG_B: the two launches
-    of the segmented scheme. Summary slots: HF 0, HR 1."""
+    of the segmented scheme. Summary slots: HF 0, HR 1.
+
+    GIVEN (the scan API): P, V, LAM are u, v, lam (B, N, D) with the strides (sp_b, sp_n),
+    decays and inputs read as given; h is written to H (Re) and HI (Im), (B, N, D) each."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     B = tl.num_programs(1).to(tl.int64)
@@ -39,10 +43,17 @@ def _hgru_fwd_kernel(
         W = D
     else:
         W = 2 * D
+    if GIVEN:
+        WH = D  # row width of the output(s)
+    else:
+        WH = W
     pbase = P + b * sp_b
-    hbase = H + b * N * W
+    vbase = V + b * sp_b
+    lbase = LAM + b * sp_b
+    hbase = H + b * N * WH
+    hibase = HI + b * N * WH
     roff = rows * sp_n + offs_d  # tile offsets from its first row
-    hoff = rows * W + offs_d
+    hoff = rows * WH + offs_d
     k_lo = seg * tps
     k_hi = tl.minimum(k_lo + tps, n_tiles)
     nk = k_hi - k_lo
@@ -82,25 +93,25 @@ def _hgru_fwd_kernel(
             k0 = k_lo
             kstep = 1
         if PREFETCH:
-            p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, roff, k0, nk > 0, rows, md, N, D, W,
-                                        BLOCK_T, REAL, EVEN_N)
+            p_cr, p_ci, p_mu = _ld_proj(pbase, vbase, lbase, sp_n, roff, k0, nk > 0, rows, md, N, D,
+                                        W, BLOCK_T, REAL, EVEN_N, GIVEN)
         for j in tl.range(0, nk, num_stages=NUM_STAGES):
             k = k0 + j * kstep
             if PREFETCH:
                 c_r = p_cr
                 c_i = p_ci
                 mu = p_mu
-                p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, roff, k + kstep, j + 1 < nk, rows,
-                                            md, N, D, W, BLOCK_T, REAL, EVEN_N)
+                p_cr, p_ci, p_mu = _ld_proj(pbase, vbase, lbase, sp_n, roff, k + kstep, j + 1 < nk,
+                                            rows, md, N, D, W, BLOCK_T, REAL, EVEN_N, GIVEN)
             else:
-                c_r, c_i, mu = _ld_proj(pbase, sp_n, roff, k, True, rows, md, N, D, W,
-                                        BLOCK_T, REAL, EVEN_N)
+                c_r, c_i, mu = _ld_proj(pbase, vbase, lbase, sp_n, roff, k, True, rows, md, N, D, W,
+                                        BLOCK_T, REAL, EVEN_N, GIVEN)
             if EVEN_N:
                 mt = tl.full([BLOCK_T, 1], 1, tl.int1)
             else:
                 mt = k * BLOCK_T + rows < N
             s, oms, lam, oml, xr, xi, c_r, c_i, sg_r, sg_i = _gates(c_r, c_i, mu, lb, ACC,
-                                                                        REAL, FAST)
+                                                                        REAL, FAST, GIVEN)
             if BOTH:
                 bidx = (b * n_tiles + k) * W + offs_d
                 ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
@@ -157,19 +168,19 @@ def _hgru_fwd_kernel(
             k0 = k_hi - 1
             kstep = -1
         if PREFETCH:
-            p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, roff, k0, nk > 0, rows, md, N, D, W,
-                                        BLOCK_T, REAL, EVEN_N)
+            p_cr, p_ci, p_mu = _ld_proj(pbase, vbase, lbase, sp_n, roff, k0, nk > 0, rows, md, N, D,
+                                        W, BLOCK_T, REAL, EVEN_N, GIVEN)
         for j in tl.range(0, nk, num_stages=NUM_STAGES):
             k = k0 + j * kstep
             if PREFETCH:
                 c_r = p_cr
                 c_i = p_ci
                 mu = p_mu
-                p_cr, p_ci, p_mu = _ld_proj(pbase, sp_n, roff, k + kstep, j + 1 < nk, rows,
-                                            md, N, D, W, BLOCK_T, REAL, EVEN_N)
+                p_cr, p_ci, p_mu = _ld_proj(pbase, vbase, lbase, sp_n, roff, k + kstep, j + 1 < nk,
+                                            rows, md, N, D, W, BLOCK_T, REAL, EVEN_N, GIVEN)
             else:
-                c_r, c_i, mu = _ld_proj(pbase, sp_n, roff, k, True, rows, md, N, D, W,
-                                        BLOCK_T, REAL, EVEN_N)
+                c_r, c_i, mu = _ld_proj(pbase, vbase, lbase, sp_n, roff, k, True, rows, md, N, D, W,
+                                        BLOCK_T, REAL, EVEN_N, GIVEN)
             t = k * BLOCK_T + rows
             if EVEN_N:
                 mt = tl.full([BLOCK_T, 1], 1, tl.int1)
@@ -177,7 +188,7 @@ def _hgru_fwd_kernel(
                 mt = t < N
             m2 = mt & md
             s, oms, lam, oml, xr, xi, c_r, c_i, sg_r, sg_i = _gates(c_r, c_i, mu, lb, ACC,
-                                                                        REAL, FAST)
+                                                                        REAL, FAST, GIVEN)
             if DO_F:
                 ar, ai = _decay(lam, cf, sf, mt, False, REAL)
                 hr, hi, mr, mi, _, _ = _walk(ar, ai, xr, xi, mr, mi, rows, False, REAL, BLOCK_T,
@@ -194,10 +205,14 @@ def _hgru_fwd_kernel(
                 ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
                 hr, hi, mr, mi, _, _ = _walk(ar, ai, xr, xi, mr, mi, rows, True, REAL, BLOCK_T,
                                              False)
-            hp = hbase + (k * BLOCK_T).to(tl.int64) * W + hoff
+            hs = (k * BLOCK_T).to(tl.int64) * WH
+            hp = hbase + hs + hoff
             tl.store(hp, hr.to(H.dtype.element_ty), mask=m2)
             if not REAL:
-                tl.store(hp + D, hi.to(H.dtype.element_ty), mask=m2)
+                if GIVEN:
+                    tl.store(hibase + hs + hoff, hi.to(H.dtype.element_ty), mask=m2)
+                else:
+                    tl.store(hp + D, hi.to(H.dtype.element_ty), mask=m2)
         if not BOTH:
             if DO_F:
                 last = seg == n_seg - 1
