@@ -1,6 +1,6 @@
 """Compile every Triton kernel launch of the wrappers for a GPU target, without a GPU.
 
-The wrappers (``triton_hgru``, ``triton_norm_gate``, ``triton_scan``) are called on fake
+The wrappers (``triton_hgru``, ``triton_norm_gate``, ``triton_scan_given``) are called on fake
 CUDA tensors (``FakeTensorMode``: no memory, no device) while ``torch.cuda`` answers as an
 A100 (sm_80, 108 SMs) or an H100 (sm_90, 132 SMs), so they choose the launch configuration
 they would choose there. Each ``kernel[grid](...)`` is recorded instead of run, specialised
@@ -32,7 +32,7 @@ from types import SimpleNamespace
 from typing import Callable, Dict, List, Optional, Tuple
 
 ARCHS = {80: ("NVIDIA A100", 108), 90: ("NVIDIA H100", 132)}  # capability -> (name, SMs)
-WRAPPER_MODULES = ("triton_hgru", "triton_norm_gate", "triton_scan")
+WRAPPER_MODULES = ("triton_hgru", "triton_norm_gate", "triton_scan_given")
 _PKG = __package__ or "hgrn_core.kernels"
 
 

@@ -84,20 +84,20 @@ def scan_case(B, N, D, dtype=f32, direction="forward", real=False, h0=False,
              f"{'real' if real else 'complex'}" + " h0" * h0)
 
     def fn(dev):
-        from . import triton_scan as k
+        from . import triton_scan_given as k  # the scan API: the walk kernels, GIVEN=True
         acc = _acc(dtype)
         seq = [torch.empty(B, N, D, device=dev, dtype=dtype) for _ in range(3)]
         u, v, lam = seq[0], None if real else seq[1], seq[2]
         th = None if real else torch.empty(D, device=dev, dtype=acc)
-        h0r = torch.empty(B, D, device=dev, dtype=acc) if h0 else None
-        h0i = None if real or not h0 else torch.empty_like(h0r)
-        dirs = dict(forward=direction != "reverse", backward_dir=direction != "forward")
+        W = D if real else 2 * D
+        h0_ = torch.empty(B, W, device=dev, dtype=acc) if h0 else None
+        tf = th if direction != "reverse" else None
+        tr = th if direction != "forward" else None
         if not bwd:
-            k.scan_forward(u, v, lam, th, th, h0r, h0i, **dirs)
+            k.scan_forward(u, v, lam, tf, tr, h0_, direction)
             return
         g = torch.empty_like(u)
-        k.scan_backward(g, None if real else g, None, None, u, v, lam, th, th, h0r, h0i,
-                        **dirs)
+        k.scan_backward(g, None if real else g, None, u, v, lam, tf, tr, h0_, direction)
     return label, group, fn
 
 
