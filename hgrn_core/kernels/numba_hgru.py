@@ -36,7 +36,13 @@ recomputed states, so nothing divides by lam):
     dlb += dlam (1 - s)
 
 Per-channel sums (dlb, dtheta) are per-task partials, (B, d) each, summed in torch
-(deterministic). Compiled with ``cache=True``: the machine code is kept on disk next to this
+(deterministic); inside a task, runs of 128 steps are summed in the compute dtype and then
+added up in fp64.
+
+Accuracy: the walk is sequential, so in fp32 a rotating state near lam = 1 collects its
+roundings over the ~1 / (1 - lam) steps it remembers: at N = 65,536, lam ~ 0.9998, the state
+is within 4e-5 and the phase gradients within 3e-4 of fp64 (the torch backend's chunked scan,
+whose carries use cos(theta C) directly, is within 1e-5 and 3e-5 there). Compiled with ``cache=True``: the machine code is kept on disk next to this
 file (or in ``NUMBA_CACHE_DIR``), so only the first call of a process tree on a machine pays
 the compile.
 """
@@ -50,6 +56,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 BLOCK = 64          # channels per task, at most
+_FLUSH = 128        # steps summed in the compute dtype before the sums move into fp64
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
 
@@ -202,6 +209,14 @@ def _sig2(mu, one):
     er = e * r
     pos = mu >= 0
     return (r if pos else er), (er if pos else r)
+
+
+@njit(**_OPTS)
+def _flush(acc, acc64):
+    """Move a run of partial sums into fp64 ones (long sequences sum accurately)."""
+    for k in range(acc.shape[0]):
+        acc64[k] += acc[k]
+        acc[k] = 0
 
 
 @njit(**_OPTS)
@@ -398,11 +413,14 @@ def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr
         hr = np.zeros(nb, lb.dtype)
         hi = np.zeros(nb, lb.dtype)
         accf = np.zeros(nb, lb.dtype)
+        accf64 = np.zeros(nb, np.float64)
         csr = cr_[j0:j0 + nb]
         snr = sr_[j0:j0 + nb]
         cs = cf[j0:j0 + nb]
         sn = sf[j0:j0 + nb]
         for step in range(N):
+            if step % _FLUSH == 0:
+                _flush(accf, accf64)
             t = N - 1 - step
             gb = b * gB + t * gN
             sl = S[t, 2]
@@ -451,7 +469,8 @@ def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr
                     dxr_[k] = dr
                     sl[k] = dr * pr_[k]
                     Dr[k] = lam * dr
-        dtf[b, j0:j0 + nb] = accf
+        _flush(accf, accf64)
+        dtf[b, j0:j0 + nb] = accf64
         Dr[:] = 0
         Di[:] = 0
     else:
@@ -473,7 +492,12 @@ def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr
     sn = (sf if mode == 0 else sr_)[j0:j0 + nb]
     acc = np.zeros(nb, lb.dtype)        # dtheta of this walk's direction
     lbacc = np.zeros(nb, lb.dtype)
+    acc64 = np.zeros(nb, np.float64)
+    lbacc64 = np.zeros(nb, np.float64)
     for step in range(N):
+        if step % _FLUSH == 0:
+            _flush(acc, acc64)
+            _flush(lbacc, lbacc64)
         t = N - 1 - step if rev_f else step
         tp = t - 1 if rev_f else t + 1          # where p_t lives
         has_p = tp >= 0 and tp < N
@@ -540,11 +564,13 @@ def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr
                 _put(ore, k, dxr * oml * sgr * (one + cr * er * sgr))
                 _put(omu, k, dlam * omg * s * oms)
                 lbacc[k] += dlam * oms
-    dlb[b, j0:j0 + nb] = lbacc
+    _flush(acc, acc64)
+    _flush(lbacc, lbacc64)
+    dlb[b, j0:j0 + nb] = lbacc64
     if mode == 0:
-        dtf[b, j0:j0 + nb] = acc
+        dtf[b, j0:j0 + nb] = acc64
     else:
-        dtr[b, j0:j0 + nb] = acc
+        dtr[b, j0:j0 + nb] = acc64
     if not both:  # dh0 = conj(A at the walk's last step) D there: the carry
         dh0[b, j0:j0 + nb] = Dr
         if cplx:
