@@ -4,7 +4,8 @@ import torch
 
 import hgrn_core
 from hgrn_core import bidirectional_scan, complex_scan, real_scan, resolve_backend
-from hgrn_core.backends import ENV_VAR, auto_backend_name, triton_usable
+from hgrn_core import backends
+from hgrn_core.backends import ENV_VAR, auto_backend_name, numba_unsupported, triton_usable
 
 
 def inputs(B=2, N=5, D=3, dtype=torch.float32):
@@ -13,14 +14,30 @@ def inputs(B=2, N=5, D=3, dtype=torch.float32):
 
 
 def test_registry_lists_backends():
-    assert {"reference", "torch", "triton"} <= set(hgrn_core.list_backends())
+    assert {"reference", "torch", "triton", "numba"} <= set(hgrn_core.list_backends())
 
 
-def test_auto_picks_torch_on_cpu(monkeypatch):
+def test_auto_on_cpu_is_numba_where_it_imports_else_torch(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
+    want = "numba" if numba_unsupported() is None else "torch"
+    assert auto_backend_name(torch.device("cpu")) == want
+    assert resolve_backend("auto", torch.device("cpu")).name == want
+    assert resolve_backend(None, torch.device("cpu")).name == want
+
+
+def test_auto_on_cpu_without_numba_is_torch(monkeypatch):
+    # numba not installed: its loader raises ImportError (get_backend: ValueError)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+    def missing():
+        raise ImportError("No module named 'numba'")
+    monkeypatch.setitem(backends._REGISTRY, "numba", missing)
+    monkeypatch.setattr(backends, "_failed", {})
     assert auto_backend_name(torch.device("cpu")) == "torch"
     assert resolve_backend("auto", torch.device("cpu")).name == "torch"
-    assert resolve_backend(None, torch.device("cpu")).name == "torch"
+    assert "numba" in numba_unsupported()
+    with pytest.raises(ValueError, match="not available"):
+        resolve_backend("numba", torch.device("cpu"))
 
 
 def test_env_var_overrides_auto_and_keyword_overrides_env(monkeypatch):

@@ -1,19 +1,21 @@
 """Scan backends by name.
 
-``reference`` (sequential loop, ground truth), ``torch`` (chunked, any device) and
-``triton`` (fused GPU kernels, loaded lazily so that the package works without Triton).
+``reference`` (sequential loop, ground truth), ``torch`` (chunked, any device), ``triton``
+(fused GPU kernels) and ``numba`` (compiled CPU loops for the fused HGRU op); the last two
+are loaded lazily, so that the package works without Triton or Numba.
 
 Choosing a backend: an explicit name wins; with ``"auto"`` the environment variable
 ``HGRN_BACKEND`` decides if set, otherwise the fastest backend known to run on the tensors'
 device: Triton for CUDA GPUs of compute capability >= 8.0 with triton >= 3.6 (the kernels
-are compile-checked for sm_80 and sm_90), else torch, with one log line saying why. CPU
-tensors never reach a GPU kernel unless ``triton`` is asked for by name under
-``TRITON_INTERPRET=1``.
+are compile-checked for sm_80 and sm_90), else torch, with one log line saying why; for CPU
+tensors numba where Numba imports (``pip install "hgrn[cpu]"``), else torch. CPU tensors
+never reach a GPU kernel unless ``triton`` is asked for by name under ``TRITON_INTERPRET=1``.
 
-Safety net of the automatic choice (``run_backend``): when Triton was chosen automatically
-and a kernel fails to compile or launch, the op runs on the torch backend instead, one
-warning names the error and ``HGRN_BACKEND``, and ``auto`` picks torch for the rest of the
-process. A backend named explicitly (argument or ``HGRN_BACKEND``) raises its errors.
+Safety net of the automatic choice (``run_backend``): when Triton or Numba was chosen
+automatically and a kernel fails to compile or launch, the op runs on the torch backend
+instead, one warning names the error and ``HGRN_BACKEND``, and ``auto`` picks torch for the
+rest of the process (on that kind of device). A backend named explicitly (argument or
+``HGRN_BACKEND``) raises its errors.
 """
 from __future__ import annotations
 
@@ -123,7 +125,30 @@ def _capability_of(index: int):
     return tuple(torch.cuda.get_device_capability(index))
 
 
+def numba_unsupported() -> Optional[str]:
+    """Why ``auto`` does not run the Numba loops on CPU tensors, or None. The first call
+    imports numba (about half a second); the answer is kept."""
+    if "numba" not in _REGISTRY:
+        return "no 'numba' backend is registered"
+    if "numba" in _failed:
+        return _failed["numba"]
+    try:
+        get_backend("numba")
+    except ValueError as err:
+        _failed["numba"] = str(err)
+        return _failed["numba"]
+    return None
+
+
 def auto_backend_name(device: torch.device) -> str:
+    if device.type == "cpu":
+        why = numba_unsupported()
+        if why is None:
+            return "numba"
+        if why not in _said:
+            _said.add(why)
+            _log.info("hgrn: the torch backend runs on %s: %s", device, why)
+        return "torch"
     if device.type != "cuda":
         return "torch"
     why = triton_unsupported(device)
@@ -144,24 +169,26 @@ T = TypeVar("T")
 
 
 def run_backend(name: Optional[str], device: torch.device, call: Callable[[ScanBackend], T]) -> T:
-    """``call(backend)`` on the backend ``name`` resolves to on ``device``. Where Triton was
-    chosen automatically and its kernel fails (a compile or launch error; not an input
-    error, not out of memory), warn once and run ``call`` on the torch backend instead;
-    ``auto`` then picks torch for the rest of the process."""
+    """``call(backend)`` on the backend ``name`` resolves to on ``device``. Where Triton or
+    Numba was chosen automatically and its kernel fails (a compile or launch error; not an
+    input error, not out of memory), warn once and run ``call`` on the torch backend
+    instead; ``auto`` then picks torch for the rest of the process."""
     backend = resolve_backend(name, device)
-    if backend.name != "triton" or not chosen_automatically(name):
+    if backend.name not in ("triton", "numba") or not chosen_automatically(name):
         return call(backend)
+    kind = backend.name
     try:
         return call(backend)
     except (ValueError, TypeError, torch.OutOfMemoryError):
         raise
     except Exception as err:  # noqa: BLE001 - any kernel failure: compile, resources, launch
         text = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
-        _failed["triton"] = f"its kernels failed on this machine ({text})"
+        _failed[kind] = f"its kernels failed on this machine ({text})"
+        label = kind.capitalize()
         warnings.warn(
-            f"hgrn: a Triton kernel failed ({text}); running the torch backend instead, for "
-            f"the rest of this process. Set {ENV_VAR}=torch to skip Triton, or "
-            f"{ENV_VAR}=triton to see the full error.", RuntimeWarning, stacklevel=2)
+            f"hgrn: a {label} kernel failed ({text}); running the torch backend instead, for "
+            f"the rest of this process. Set {ENV_VAR}=torch to skip {label}, or "
+            f"{ENV_VAR}={kind} to see the full error.", RuntimeWarning, stacklevel=2)
         return call(get_backend("torch"))
 
 
@@ -203,11 +230,21 @@ def _load_triton() -> ScanBackend:
     return TritonBackend()
 
 
+def _load_numba() -> ScanBackend:
+    try:
+        from .numba_cpu import NumbaBackend  # imports numba: only on demand
+    except ImportError as err:
+        raise ImportError(f"the compiled CPU loops need numba ({err}); "
+                          f"pip install 'hgrn[cpu]'") from err
+    return NumbaBackend()
+
+
 register_backend("reference", ReferenceBackend())
 register_backend("torch", TorchBackend())
 register_backend("triton", _load_triton)
+register_backend("numba", _load_numba)
 
 __all__ = ["ScanBackend", "register_backend", "list_backends", "get_backend",
            "resolve_backend", "op_backend", "run_backend", "chosen_automatically",
-           "auto_backend_name", "triton_unsupported", "triton_usable", "MIN_TRITON",
+           "auto_backend_name", "triton_unsupported", "numba_unsupported", "triton_usable", "MIN_TRITON",
            "MIN_CAPABILITY", "ENV_VAR"]

@@ -1,0 +1,159 @@
+"""The ``numba`` backend: the HGRU op (``hgrn::hgru``) as compiled CPU loops.
+
+The fused op's forward and backward run the loops of ``hgrn_core.kernels.numba_hgru``
+(Numba, imported only when this backend is loaded): one task per (batch row, block of
+channels), in parallel over ``torch.get_num_threads()`` threads, each walking time with its
+state in a few local arrays and forming the gates from the projection on the fly. Nothing
+of size B*N*d is made besides the outputs: ``proj`` is read in place through its strides and
+in its own dtype (bf16 / fp16 as raw 16-bit words, widened in the loop).
+
+The separate scans (``complex_forward`` ... , the ``hgrn_core.scan`` API) and the norm-gate
+are the torch backend's: only the fused op pays for a compiled loop.
+
+Threads: ``numba.set_num_threads`` follows torch's thread count on every call; with one
+thread (``torch.set_num_threads(1)``, DataLoader workers) a serial build of the same loop
+runs and Numba's threading layer is never started. Calls from several Python threads at once
+do not share the parallel region (Numba's default ``workqueue`` layer forbids it): a call
+that finds it busy runs serially.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..kernels import numba_hgru as K
+from ..precision import compute_dtype
+from .torch_chunked import TorchBackend
+
+_MODES = {"forward": 0, "reverse": 1, "both": 2}
+_parallel = threading.Lock()
+
+# per-task scratch (fp32 words): about 8 per channel and step in backward; keep a task's
+# working set near a core's L2 cache
+_SCRATCH_BYTES = 1 << 20
+
+
+def _storage(t: Tensor) -> np.ndarray:
+    """``t`` as a numpy array over the same memory; bf16 as int16 and fp16 as uint16 bits."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy()
+    if t.dtype == torch.float16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def _rows(t: Tensor):
+    """A (B, N, P) tensor with unit channel stride as a flat array spanning it, and its batch
+    and token strides (in elements): read in place, whatever the row stride."""
+    B, N, P = t.shape
+    sB, sN, sc = t.stride()
+    if (sc != 1 and P > 1) or sB < 0 or sN < 0:
+        t = t.contiguous()
+        sB, sN, _ = t.stride()
+    sB = sB if B > 1 else 0
+    sN = sN if N > 1 else 0
+    extent = (B - 1) * sB + (N - 1) * sN + P
+    return _storage(t.as_strided((extent,), (1,))), sB, sN
+
+
+def _vector(t: Optional[Tensor], n: int, dt: torch.dtype, fill: float) -> np.ndarray:
+    if t is None:
+        return np.full(n, fill, dtype=np.float64 if dt == torch.float64 else np.float32)
+    return t.detach().to(dt).contiguous().numpy()
+
+
+def _phases(theta: Optional[Tensor], d: int, dt: torch.dtype):
+    if theta is None:
+        return _vector(None, d, dt, 1.0), _vector(None, d, dt, 0.0)
+    theta = theta.detach().to(dt)
+    return _vector(torch.cos(theta), d, dt, 1.0), _vector(torch.sin(theta), d, dt, 0.0)
+
+
+def _block(B: int, N: int, d: int, threads: int) -> int:
+    """Channels per task: 64, halved (down to 16) while a task's backward scratch exceeds
+    ``_SCRATCH_BYTES`` or there are fewer than four tasks a thread."""
+    nb = 64
+    while nb > 16 and (N * 8 * 4 * nb > _SCRATCH_BYTES or B * -(-d // nb) < 4 * threads):
+        nb //= 2
+    return min(nb, d)
+
+
+def _run(parallel, serial, *args):
+    """The parallel loop on torch's thread count, or the serial one (one thread; or another
+    Python thread is inside the parallel region)."""
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if threads > 1 and _parallel.acquire(blocking=False):
+        try:
+            if numba.get_num_threads() != threads:
+                numba.set_num_threads(threads)
+            return parallel(*args)
+        finally:
+            _parallel.release()
+    return serial(*args)
+
+
+class NumbaBackend(TorchBackend):
+    name = "numba"
+    description = "compiled CPU loops (Numba) for the fused HGRU op; torch's chunked scans"
+
+    def is_available(self, device):
+        return torch.device(device).type == "cpu"
+
+    def hgru_forward(self, proj, lower_bound, theta_f, theta_r, h0, direction):
+        complex_ = theta_f is not None or theta_r is not None
+        B, N, P = proj.shape
+        d = P // (3 if complex_ else 2)
+        W = P - d
+        dt = compute_dtype(proj.dtype)
+        mode = _MODES[direction]
+        flat, sB, sN = _rows(proj)
+        lb = _vector(lower_bound, d, dt, 0.0)
+        cf, sf = _phases(theta_f, d, dt)
+        cr, sr = _phases(theta_r, d, dt)
+        state = torch.zeros(B, W, dtype=dt)
+        h0n = _storage(h0.detach().to(dt).contiguous()) if (h0 is not None and mode != 2) \
+            else state.numpy()
+        out = torch.empty(B, N, W, dtype=proj.dtype)
+        hN = torch.zeros(B, W, dtype=dt)
+        nb = _block(B, N, d, torch.get_num_threads())
+        _run(K.hgru_fwd_parallel, K.hgru_fwd_serial, flat, sB, sN, B, N, d, W, complex_, lb,
+             cf, sf, cr, sr, h0n, mode, _storage(out).reshape(-1), hN.numpy(), nb)
+        return out, (None if mode == 2 else hN)
+
+    def hgru_backward(self, dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction):
+        complex_ = theta_f is not None or theta_r is not None
+        B, N, P = proj.shape
+        d = P // (3 if complex_ else 2)
+        W = P - d
+        dt = compute_dtype(proj.dtype)
+        mode = _MODES[direction]
+        flat, sB, sN = _rows(proj)
+        gflat, gB, gN = _rows(dh)
+        lb = _vector(lower_bound, d, dt, 0.0)
+        cf, sf = _phases(theta_f, d, dt)
+        cr, sr = _phases(theta_r, d, dt)
+        use_h0 = h0 is not None and mode != 2
+        h0n = (h0.detach().to(dt).contiguous() if use_h0 else torch.zeros(B, W, dtype=dt))
+        dhNn = (dhN.detach().to(dt).contiguous() if (dhN is not None and mode != 2)
+                else torch.zeros(B, W, dtype=dt))
+        dproj = torch.empty(B, N, P, dtype=proj.dtype)
+        dlb = torch.empty(B, d, dtype=dt)
+        dtf = torch.zeros(B, d, dtype=dt)
+        dtr = torch.zeros(B, d, dtype=dt)
+        dh0 = torch.zeros(B, W, dtype=dt)
+        nb = _block(B, N, d, torch.get_num_threads())
+        _run(K.hgru_bwd_parallel, K.hgru_bwd_serial, flat, sB, sN, gflat, gB, gN, B, N, d, W,
+             complex_, lb, cf, sf, cr, sr, h0n.numpy(), use_h0, dhNn.numpy(), mode,
+             _storage(dproj).reshape(-1), dlb.numpy(), dtf.numpy(), dtr.numpy(), dh0.numpy(),
+             nb)
+        return (dproj,
+                None if lower_bound is None else dlb.sum(0),
+                None if theta_f is None else dtf.sum(0),
+                None if theta_r is None else dtr.sum(0),
+                dh0 if use_h0 else None)
