@@ -11,7 +11,14 @@ import torch
 from hgrn_core import backends
 from hgrn_core.hgru_op import hgru
 
-BACKENDS = ["reference", "torch"] + (["triton"] if backends.triton_usable() else [])
+def _available(name):
+    try:
+        return backends.get_backend(name).is_available(torch.device("cpu"))
+    except ValueError:
+        return False
+
+
+BACKENDS = ["reference", "torch"] + [n for n in ("triton", "numba") if _available(n)]
 
 # (mu offset, mu spread, lower bound): the three cases and mu = 20
 CASES = {
