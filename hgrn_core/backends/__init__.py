@@ -141,19 +141,16 @@ def numba_unsupported() -> Optional[str]:
 
 
 def auto_backend_name(device: torch.device) -> str:
+    """The compiled backend for ``device`` where it is known to run (numba on the CPU, Triton
+    on CUDA), else torch, with one log line per reason saying why."""
     if device.type == "cpu":
-        why = numba_unsupported()
-        if why is None:
-            return "numba"
-        if why not in _said:
-            _said.add(why)
-            _log.info("hgrn: the torch backend runs on %s: %s", device, why)
+        name, why = "numba", numba_unsupported()
+    elif device.type == "cuda":
+        name, why = "triton", triton_unsupported(device)
+    else:
         return "torch"
-    if device.type != "cuda":
-        return "torch"
-    why = triton_unsupported(device)
     if why is None:
-        return "triton"
+        return name
     if why not in _said:
         _said.add(why)
         _log.info("hgrn: the torch backend runs on %s: %s", device, why)
