@@ -224,6 +224,15 @@ def _silu(c, one):
     return c / (one + _exp(-c))
 
 
+@njit(**_OPTS)
+def _gate(mu, lb, one):
+    """s = sigmoid(mu), 1 - s, lam = lb + (1 - lb) s and 1 - lam = (1 - lb)(1 - s), the last
+    without cancellation (docs/spec.md §1.1), from a widened mu."""
+    s, oms = _sig2(mu, one)
+    omg = one - lb
+    return s, oms, lb + omg * s, omg * oms
+
+
 # ---------------------------------------------------------------------------- forward
 @njit(**_OPTS)
 def _state_walk(b, j0, nb, proj, sB, sN, N, d, W, cplx, lbv, cs, sn, h0, use_h0, rev, S):
@@ -248,9 +257,7 @@ def _state_walk(b, j0, nb, proj, sB, sN, N, d, W, cplx, lbv, cs, sn, h0, use_h0,
         sxi = S[t, 4]
         if cplx:
             for k in range(nb):
-                s, oms = _sig2(_widen(mu[k]), one)
-                lam = lbv[k] + (one - lbv[k]) * s
-                oml = (one - lbv[k]) * oms
+                s, oms, lam, oml = _gate(_widen(mu[k]), lbv[k], one)
                 xr = oml * _silu(_widen(cre[k]), one)
                 xi = oml * _silu(_widen(cim[k]), one)
                 a = lam * cs[k]
@@ -266,9 +273,8 @@ def _state_walk(b, j0, nb, proj, sB, sN, N, d, W, cplx, lbv, cs, sn, h0, use_h0,
                 sxi[k] = xi
         else:
             for k in range(nb):
-                s, oms = _sig2(_widen(mu[k]), one)
-                lam = lbv[k] + (one - lbv[k]) * s
-                x = (one - lbv[k]) * oms * _silu(_widen(cre[k]), one)
+                s, oms, lam, oml = _gate(_widen(mu[k]), lbv[k], one)
+                x = oml * _silu(_widen(cre[k]), one)
                 nr = lam * hr[k] + x
                 hr[k] = nr
                 shr[k] = nr
@@ -310,9 +316,7 @@ def _fwd_task(b, j0, nb, proj, sB, sN, N, d, W, cplx, lb, cf, sf, cr_, sr_, h0, 
             cim = proj[pb + d + j0:pb + d + j0 + nb]
             oim = out[ob + d + j0:ob + d + j0 + nb]
             for k in range(nb):
-                s, oms = _sig2(_widen(mu[k]), one)
-                lam = lbv[k] + (one - lbv[k]) * s
-                oml = (one - lbv[k]) * oms
+                s, oms, lam, oml = _gate(_widen(mu[k]), lbv[k], one)
                 xr = oml * _silu(_widen(cre[k]), one)
                 xi = oml * _silu(_widen(cim[k]), one)
                 a = lam * cs[k]
@@ -325,9 +329,8 @@ def _fwd_task(b, j0, nb, proj, sB, sN, N, d, W, cplx, lb, cf, sf, cr_, sr_, h0, 
                 _put(oim, k, ni)
         else:
             for k in range(nb):
-                s, oms = _sig2(_widen(mu[k]), one)
-                lam = lbv[k] + (one - lbv[k]) * s
-                x = (one - lbv[k]) * oms * _silu(_widen(cre[k]), one)
+                s, oms, lam, oml = _gate(_widen(mu[k]), lbv[k], one)
+                x = oml * _silu(_widen(cre[k]), one)
                 nr = lam * hr[k] + x
                 hr[k] = nr
                 _put(ore, k, nr)
@@ -519,10 +522,8 @@ def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr
             gim = dh[gb + d + j0:gb + d + j0 + nb]
             oim = dproj[ob + d + j0:ob + d + j0 + nb]
             for k in range(nb):
-                s, oms = _sig2(_widen(mu[k]), one)
+                s, oms, lam, oml = _gate(_widen(mu[k]), lbv[k], one)
                 omg = one - lbv[k]
-                lam = lbv[k] + omg * s
-                oml = omg * oms
                 c = cs[k]
                 sv = sn[k]
                 dr = _widen(gre[k]) + Dr[k]
@@ -550,10 +551,8 @@ def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr
                 lbacc[k] += dlam * oms
         else:
             for k in range(nb):
-                s, oms = _sig2(_widen(mu[k]), one)
+                s, oms, lam, oml = _gate(_widen(mu[k]), lbv[k], one)
                 omg = one - lbv[k]
-                lam = lbv[k] + omg * s
-                oml = omg * oms
                 dr = _widen(gre[k]) + Dr[k]
                 Dr[k] = lam * dr
                 dxr = dr + ex_r[k]
