@@ -196,6 +196,13 @@ def _check(proj: Tensor, theta_f, theta_r, h0, direction: str):
     return proj, real, d, W
 
 
+def walks(direction: str) -> Tuple[bool, bool, bool]:
+    """(forward walk, reverse walk, both) of ``direction``."""
+    do_f = direction in ("forward", "both")
+    do_r = direction in ("reverse", "both")
+    return do_f, do_r, do_f and do_r
+
+
 def _vec(x: Optional[Tensor]) -> Optional[Tensor]:
     return None if x is None else x.contiguous()
 
@@ -268,9 +275,7 @@ def hgru_forward(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[
     B, N, _ = proj.shape
     dev = proj.device
     acc_t = _acc_torch(proj.dtype)
-    do_f = direction in ("forward", "both")
-    do_r = direction in ("reverse", "both")
-    both = do_f and do_r
+    do_f, do_r, both = walks(direction)
     cfg = _Cfg(B, N, d, dev, bwd=False)
     h = torch.empty(B, N, W, device=dev, dtype=proj.dtype)
     hN = torch.zeros(B, W, device=dev, dtype=acc_t)
@@ -304,9 +309,7 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
         dh = dh.contiguous()
     dev = proj.device
     acc_t = _acc_torch(proj.dtype)
-    do_f = direction in ("forward", "both")
-    do_r = direction in ("reverse", "both")
-    both = do_f and do_r
+    do_f, do_r, both = walks(direction)
     main_rev = direction != "reverse"
     if both:
         dhN = None  # hN is zeros for 'both': it does not depend on the inputs

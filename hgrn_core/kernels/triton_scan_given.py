@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .triton_hgru import _Cfg, _acc_torch, _launch, _scratch, _shape_args, _vec
+from .triton_hgru import _Cfg, _acc_torch, _launch, _scratch, _shape_args, _vec, walks
 from .triton_hgru_bwd import _hgru_bwd_kernel
 from .triton_hgru_fwd import _hgru_fwd_kernel
 
@@ -67,9 +67,7 @@ def scan_forward(u: Tensor, v: Optional[Tensor], lam: Tensor, theta_f: Optional[
     W = D if real else 2 * D
     dev = u.device
     acc_t = _acc_torch(u.dtype)
-    do_f = direction in ("forward", "both")
-    do_r = direction in ("reverse", "both")
-    both = do_f and do_r
+    do_f, do_r, both = walks(direction)
     cfg = _Cfg(B, N, D, dev, bwd=False)
     hr = torch.empty(B, N, D, device=dev, dtype=u.dtype)
     hi = hr if real else torch.empty_like(hr)
@@ -100,9 +98,7 @@ def scan_backward(gr: Tensor, gi: Optional[Tensor], gN: Optional[Tensor], u: Ten
     W = D if real else 2 * D
     dev = u.device
     acc_t = _acc_torch(u.dtype)
-    do_f = direction in ("forward", "both")
-    do_r = direction in ("reverse", "both")
-    both = do_f and do_r
+    do_f, do_r, both = walks(direction)
     if both:
         gN = h0 = None  # 'both' has neither an initial nor a final state
     cfg = _Cfg(B, N, D, dev, bwd=True)
