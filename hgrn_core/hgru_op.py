@@ -91,8 +91,7 @@ def _(dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction, backend):
 
 def _setup(ctx, inputs, output):
     proj, lower_bound, theta_f, theta_r, h0, ctx.direction, backend = inputs
-    # backward runs what forward resolved; an automatic choice stays automatic (its fallback)
-    ctx.backend = backend if chosen_automatically(backend) else op_backend(backend, proj.device)
+    ctx.backend = op_backend(backend, proj.device)  # backward runs what forward resolved
     ctx.save_for_backward(proj, lower_bound, theta_f, theta_r, h0)
 
 

@@ -89,8 +89,7 @@ def _setup(ctx, inputs, output):
     h, gate, weight, bias, eps, backend = inputs
     _, mean, rstd = output
     ctx.save_for_backward(h, gate, weight, bias, mean, rstd)
-    ctx.eps = eps  # backward runs the same backend; an automatic choice stays automatic
-    ctx.backend = backend if chosen_automatically(backend) else op_backend(backend, h.device)
+    ctx.eps, ctx.backend = eps, op_backend(backend, h.device)  # backward runs the same
     ctx.mark_non_differentiable(mean, rstd)
 
 

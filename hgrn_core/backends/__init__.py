@@ -205,10 +205,12 @@ def resolve_backend(name: str | None, device: torch.device) -> ScanBackend:
 
 
 def op_backend(name: str, device: torch.device) -> str:
-    """The backend a custom op runs: ``name``, or for ``"auto"`` the one ``resolve_backend``
-    picks for ``device`` at run time (the ops' own resolution, for TorchScript, which calls
-    them directly)."""
-    return resolve_backend(name, device).name if name == "auto" else name
+    """The backend name a custom op hands its backward: ``name``; for ``"auto"`` with
+    ``HGRN_BACKEND`` set, the backend that names (resolved for ``device``); an automatic
+    choice stays ``"auto"``, so that the backward keeps ``run_backend``'s fallback."""
+    if name != "auto" or chosen_automatically(name):
+        return name
+    return resolve_backend(name, device).name
 
 
 def _usable(name: str, device: torch.device) -> bool:
