@@ -5,6 +5,7 @@
 from . import ops  # noqa: F401  (registers the hgrn::* scan ops)
 from .backends import get_backend, list_backends, register_backend, resolve_backend
 from .hgru_op import hgru
+from .hgru2d_op import hgru2d
 from .lower_bound import HierarchicalLowerBound
 from .norm_gate_op import norm_gate
 from .mixers import (HGRU, AttentionMixer, TokenMixer, create_mixer, get_mixer_class, list_mixers,
@@ -19,7 +20,7 @@ _onnx_export.install()
 __version__ = "0.1.0"
 
 __all__ = [
-    "hgru", "complex_scan", "bidirectional_scan", "real_scan",
+    "hgru", "hgru2d", "complex_scan", "bidirectional_scan", "real_scan",
     "get_backend", "list_backends", "register_backend", "resolve_backend",
     "HGRU", "AttentionMixer", "TokenMixer", "create_mixer", "get_mixer_class", "list_mixers", "register_mixer",
     "HierarchicalLowerBound", "norm_gate",

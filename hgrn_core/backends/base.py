@@ -40,6 +40,25 @@ from ..precision import compute_dtype  # noqa: F401  (re-exported: backends.base
 DIRECTIONS = ("forward", "reverse", "both")
 
 
+# ------------------------------------------------------------------- the patch grid's axes
+def grid_rows(t: Tensor, grid_width: int) -> Tensor:
+    """(B, H * Wg, C) row-major grid -> its rows as sequences (B * H, Wg, C) (a view when
+    the strides allow it)."""
+    return t.reshape(-1, grid_width, t.shape[-1])
+
+
+def grid_cols(t: Tensor, grid_width: int) -> Tensor:
+    """(B, H * Wg, C) row-major grid -> its columns as sequences (B * Wg, H, C) (a copy)."""
+    B, N, C = t.shape
+    return t.reshape(B, N // grid_width, grid_width, C).transpose(1, 2).reshape(-1, N // grid_width, C)
+
+
+def from_grid_cols(t: Tensor, B: int, grid_width: int) -> Tensor:
+    """The inverse of ``grid_cols``: (B * Wg, H, C) -> (B, H * Wg, C)."""
+    H, C = t.shape[1:]
+    return t.reshape(B, grid_width, H, C).transpose(1, 2).reshape(B, H * grid_width, C)
+
+
 class ScanBackend:
     name: str = "base"
     description: str = ""
@@ -153,6 +172,33 @@ class ScanBackend:
             dx = torch.cat([du, dv], -1)
         dproj, dlb = hgru_gates_backward(g, dx, dlam, lower_bound, proj.dtype)
         return dproj, dlb, dtf, dtr, dh0
+
+    # --- the 2-D HGRU core over a patch grid (hgrn::hgru2d) ------------------------------------
+    # proj (B, H * Wg, W + d): the grid's tokens row-major, Wg = grid_width. h is the
+    # ``direction`` scan(s) along every row plus the same along every column, summed: for
+    # 'both' four scans (theta_f for both forward ones, theta_r for both reverse ones), for
+    # 'forward' two (theta_f for both). No initial state. The default runs the 1-D core on the
+    # rows (a view) and on a transposed copy of the columns; fused backends override it and
+    # walk the columns in place through strides.
+    def hgru2d_forward(self, proj, lower_bound, theta_f, theta_r, grid_width, direction):
+        """Returns ``h`` (B, N, W)."""
+        rows = self.hgru_forward(grid_rows(proj, grid_width), lower_bound, theta_f, theta_r,
+                                 None, direction)[0]
+        cols = self.hgru_forward(grid_cols(proj, grid_width), lower_bound, theta_f, theta_r,
+                                 None, direction)[0]
+        B, N = proj.shape[:2]
+        return rows.reshape(B, N, -1) + from_grid_cols(cols, B, grid_width)
+
+    def hgru2d_backward(self, dh, proj, lower_bound, theta_f, theta_r, grid_width, direction):
+        """Returns ``dproj`` (B, N, W + d), ``dlower_bound``, ``dtheta_f``, ``dtheta_r`` (None
+        where the input was None). Both axes see the same ``dh`` (h is their sum)."""
+        B, N = proj.shape[:2]
+        gr = self.hgru_backward(grid_rows(dh, grid_width), None, grid_rows(proj, grid_width),
+                                lower_bound, theta_f, theta_r, None, direction)
+        gc = self.hgru_backward(grid_cols(dh, grid_width), None, grid_cols(proj, grid_width),
+                                lower_bound, theta_f, theta_r, None, direction)
+        dproj = gr[0].reshape(B, N, -1) + from_grid_cols(gc[0], B, grid_width)
+        return (dproj, *[None if a is None else a + b for a, b in zip(gr[1:4], gc[1:4])])
 
     # --- fused output path: LayerNorm(h) * SiLU(gate) (op hgrn::norm_gate) -------------------
     # The default is the plain torch composition; fused backends override it.
