@@ -8,7 +8,7 @@ from .hgru_op import hgru
 from .hgru2d_op import hgru2d
 from .lower_bound import HierarchicalLowerBound
 from .norm_gate_op import norm_gate
-from .mixers import (HGRU, AttentionMixer, TokenMixer, create_mixer, get_mixer_class, list_mixers,
+from .mixers import (HGRU, HGRU2d, AttentionMixer, TokenMixer, create_mixer, get_mixer_class, list_mixers,
                      register_mixer)
 from .scan import bidirectional_scan, complex_scan, real_scan
 from . import onnx_export as _onnx_export
@@ -22,6 +22,6 @@ __version__ = "0.1.0"
 __all__ = [
     "hgru", "hgru2d", "complex_scan", "bidirectional_scan", "real_scan",
     "get_backend", "list_backends", "register_backend", "resolve_backend",
-    "HGRU", "AttentionMixer", "TokenMixer", "create_mixer", "get_mixer_class", "list_mixers", "register_mixer",
+    "HGRU", "HGRU2d", "AttentionMixer", "TokenMixer", "create_mixer", "get_mixer_class", "list_mixers", "register_mixer",
     "HierarchicalLowerBound", "norm_gate",
 ]

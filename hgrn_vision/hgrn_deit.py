@@ -40,13 +40,14 @@ from timm.models._features_fx import register_notrace_function, register_notrace
 from timm.models._manipulate import checkpoint, named_apply
 from timm.models._registry import generate_default_cfgs, register_model
 
-from hgrn_core import AttentionMixer, HGRU, HierarchicalLowerBound, TokenMixer, create_mixer, get_mixer_class
+from hgrn_core import (AttentionMixer, HGRU, HGRU2d, HierarchicalLowerBound, TokenMixer, create_mixer,
+                       get_mixer_class)
 
 __all__ = ['HgrnDeiT', 'Block', 'WeightlessRMSNorm', 'checkpoint_filter_fn', 'check_image_input']
 
 # The scan lives in custom ops: symbolic tracing (torch.fx / timm feature extraction) keeps
 # token mixers whole, as leaf modules, instead of tracing through their Python checks.
-for _mixer_cls in (TokenMixer, HGRU, AttentionMixer):
+for _mixer_cls in (TokenMixer, HGRU, HGRU2d, AttentionMixer):
     register_notrace_module(_mixer_cls)
 
 
@@ -89,7 +90,7 @@ class WeightlessRMSNorm(nn.Module):
 class Block(nn.Module):
     """Pre-norm block: token mixer (HGRU by default) then GLU channel mixer.
 
-        x = x + DropPath(mixer(norm1(x), gamma_k))
+        x = x + DropPath(mixer(norm1(x), gamma_k, grid_width))
         x = x + DropPath(GLU(norm2(x))),  GLU(x) = (SiLU(x W1 + b1) * (x W2 + b2)) W3 + b3
 
     The GLU is timm's ``GluMlp`` with ``gate_last=False``: ``mlp.fc1`` rows are
@@ -123,8 +124,9 @@ class Block(nn.Module):
         )
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def forward(self, x: torch.Tensor, lower_bound: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.drop_path1(self.mixer(self.norm1(x), lower_bound))
+    def forward(self, x: torch.Tensor, lower_bound: Optional[torch.Tensor] = None,
+                grid_width: int = 0) -> torch.Tensor:
+        x = x + self.drop_path1(self.mixer(self.norm1(x), lower_bound, grid_width))
         x = x + self.drop_path2(self.mlp(self.norm2(x)))
         return x
 
@@ -181,7 +183,8 @@ class HgrnDeiT(nn.Module):
             depth: Number of blocks L.
             mlp_ratio: GLU hidden width as a multiple of ``embed_dim`` (2 in the paper).
             glu_hidden_dim: GLU hidden width, overrides ``mlp_ratio``.
-            mixer: Token mixer name from ``hgrn_core.create_mixer``: 'hgru' or 'attention'.
+            mixer: Token mixer name from ``hgrn_core.create_mixer``: 'hgru', 'hgru2d' (rows and
+                columns of the patch grid) or 'attention'.
             mixer_backend: HGRU scan backend ('auto', 'torch', 'reference', 'triton', ...).
             num_heads: Heads for ``mixer='attention'`` (default: embed_dim // 64).
             drop_rate: Dropout before the classifier.
@@ -312,9 +315,9 @@ class HgrnDeiT(nn.Module):
         for i, blk in enumerate(self.blocks):
             gamma = gammas[i] if gammas is not None else None
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x, gamma)
+                x = checkpoint(blk, x, gamma, W)
             else:
-                x = blk(x, gamma)
+                x = blk(x, gamma, W)
         x = self.norm(x)
         return x.reshape(B, H, W, C)
 
@@ -354,9 +357,9 @@ class HgrnDeiT(nn.Module):
         for i, blk in enumerate(blocks):
             gamma = gammas[i] if gammas is not None else None
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x, gamma)
+                x = checkpoint(blk, x, gamma, W)
             else:
-                x = blk(x, gamma)
+                x = blk(x, gamma, W)
             if i in take_indices:
                 y = self.norm(x) if norm else x
                 if output_fmt == 'NCHW':
@@ -415,7 +418,9 @@ _RELEASED_MIXER_KEYS = ('input_proj', 'lambda_proj', 'gate')
 
 
 def _convert_released(state_dict: Dict[str, torch.Tensor], model: HgrnDeiT) -> Dict[str, torch.Tensor]:
-    """The authors' released layout (OpenNLPLab ``im``, ``hgrn1d_vit_*``) -> HgrnDeiT."""
+    """The authors' released layout (OpenNLPLab ``im``, ``hgrn1d_vit_*``) -> HgrnDeiT. Their
+    2-D mixers (``BiHgru2d``, ``Hgru2d``, ``HgruReal2d``) keep the 1-D key names and convert
+    the same way (``theta`` of ``Hgru2d`` becomes ``theta_forward``)."""
     out: Dict[str, torch.Tensor] = {}
     sd = dict(state_dict)
     mixer_parts: Dict[int, Dict[str, torch.Tensor]] = {}
@@ -445,8 +450,10 @@ def _convert_released(state_dict: Dict[str, torch.Tensor], model: HgrnDeiT) -> D
                 sub = rest[len('token_mixer.'):]
                 if sub.split('.', 1)[0] in _RELEASED_MIXER_KEYS:
                     mixer_parts.setdefault(i, {})[sub] = v
-                elif sub in ('theta_forward', 'theta_reverse'):
-                    out[f'blocks.{i}.mixer.{sub}'] = v.reshape(-1)
+                elif sub in ('theta_forward', 'theta_reverse', 'theta'):
+                    # 'theta': the one phase of the authors' one-direction 2-D mixer (Hgru2d)
+                    name = 'theta_forward' if sub == 'theta' else sub
+                    out[f'blocks.{i}.mixer.{name}'] = v.reshape(-1)
                 else:  # out_proj.*, norm.*
                     out[f'blocks.{i}.mixer.{sub}'] = v
             else:
@@ -457,10 +464,11 @@ def _convert_released(state_dict: Dict[str, torch.Tensor], model: HgrnDeiT) -> D
     for i, parts in mixer_parts.items():
         for name in ('weight', 'bias'):
             if f'input_proj.{name}' in parts:
-                c = parts[f'input_proj.{name}']
-                # interleaved (real, imag) outputs -> [Re c | Im c]
+                c, mu = parts[f'input_proj.{name}'], parts[f'lambda_proj.{name}']
+                # complex: interleaved (real, imag) outputs -> [Re c | Im c]; real: as is
+                c = [c[0::2], c[1::2]] if c.shape[0] == 2 * mu.shape[0] else [c]
                 out[f'blocks.{i}.mixer.in_proj.{name}'] = torch.cat(
-                    [c[0::2], c[1::2], parts[f'lambda_proj.{name}'], parts[f'gate.{name}']], dim=0)
+                    [*c, mu, parts[f'gate.{name}']], dim=0)
             if f'ffn.l1.{name}' in parts:
                 # GluMlp(gate_last=False): fc1 = [W1 (SiLU branch) | W2 (linear branch)], fc2 = W3
                 out[f'blocks.{i}.mlp.fc1.{name}'] = torch.cat(
@@ -534,6 +542,8 @@ default_cfgs = generate_default_cfgs({
     'hgrn_deit_tiny': _cfg(),
     'hgrn_deit_small': _cfg(),
     'hgrn_deit_base': _cfg(),
+    'hgrn2d_deit_tiny': _cfg(),
+    'hgrn2d_deit_small': _cfg(),
 })
 
 
@@ -561,3 +571,20 @@ def hgrn_deit_base(pretrained: bool = False, **kwargs) -> HgrnDeiT:
     only Tiny and Small): same recipe scaled to DeiT-Base width, no published result."""
     model_args = dict(patch_size=14, embed_dim=768, depth=12, mlp_ratio=2.)
     return _create_hgrn_deit('hgrn_deit_base', pretrained=pretrained, **_variant_args(model_args, kwargs))
+
+
+@register_model
+def hgrn2d_deit_tiny(pretrained: bool = False, **kwargs) -> HgrnDeiT:
+    """HGRN-DeiT-Tiny with the 2-D HGRU (rows and columns of the patch grid, both ways; the
+    authors' ``BiHgru2d``): the same parameters as hgrn_deit_tiny, 6,107,560. No published
+    result."""
+    model_args = dict(patch_size=14, embed_dim=192, depth=12, mlp_ratio=2., mixer='hgru2d')
+    return _create_hgrn_deit('hgrn2d_deit_tiny', pretrained=pretrained, **_variant_args(model_args, kwargs))
+
+
+@register_model
+def hgrn2d_deit_small(pretrained: bool = False, **kwargs) -> HgrnDeiT:
+    """HGRN-DeiT-Small with the 2-D HGRU (as hgrn2d_deit_tiny): 23,715,688 params. No
+    published result."""
+    model_args = dict(patch_size=14, embed_dim=384, depth=12, mlp_ratio=2., mixer='hgru2d')
+    return _create_hgrn_deit('hgrn2d_deit_small', pretrained=pretrained, **_variant_args(model_args, kwargs))

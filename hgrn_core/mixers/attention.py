@@ -1,7 +1,7 @@
 """Softmax self-attention as a token mixer: the DeiT-style baseline for ablations.
 
 It wraps timm's ``Attention`` (``F.scaled_dot_product_attention`` when fused attention
-is enabled) and ignores the lower bound.
+is enabled) and ignores the lower bound and the grid.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class AttentionMixer(TokenMixer):
     def options_from_model(cls, num_heads=None, attn_drop=0.0, proj_drop=0.0, **_):
         return dict(num_heads=num_heads, attn_drop=attn_drop, proj_drop=proj_drop)
 
-    def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None, grid_width: int = 0
+                ) -> Tensor:
         check_tokens(x, self.dim, "AttentionMixer")
         return self.attn(x)

@@ -1,8 +1,10 @@
 """The token-mixer interface and the registry of mixers by name.
 
 A token mixer maps ``(B, N, C) -> (B, N, C)`` and receives its layer's forget-gate lower
-bound ``gamma_k`` of shape (C,) (``None`` outside a hierarchical model). Mixers that have
-no use for it (attention) ignore it, so every mixer plugs into the same blocks.
+bound ``gamma_k`` of shape (C,) (``None`` outside a hierarchical model) and the width of the
+patch grid the N tokens form row-major (``grid_width``; 0 where there is no grid). Mixers
+that have no use for them (attention; the 1-D HGRU has none for the grid) ignore them, so
+every mixer plugs into the same blocks.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from torch import Tensor, nn
 
 
 class TokenMixer(nn.Module):
-    """Base class: subclasses implement ``forward(x, lower_bound=None)``.
+    """Base class: subclasses implement ``forward(x, lower_bound=None, grid_width=0)``.
 
     A mixer says what it needs from the model that holds it: ``uses_lower_bound`` (the model
     then owns a ``HierarchicalLowerBound`` and passes each layer its row), and
@@ -27,7 +29,8 @@ class TokenMixer(nn.Module):
         ``num_heads``, ``attn_drop``, ``proj_drop``, ...): none by default."""
         return {}
 
-    def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None, grid_width: int = 0
+                ) -> Tensor:
         raise NotImplementedError
 
 

@@ -104,8 +104,9 @@ class HGRU(TokenMixer):
         return tuple(state.chunk(2, -1)) if self.complex_valued else state
 
     # ----------------------------------------------------------------------------- forward
-    def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None) -> Tensor:
-        check_tokens(x, self.dim, "HGRU")
+    def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None, grid_width: int = 0
+                ) -> Tensor:
+        check_tokens(x, self.dim, "HGRU")  # a 1-D mixer: the grid does not matter
         core, gate = self.in_proj(x)
         if torch.jit.is_scripting():  # the op itself; it resolves "auto" at run time
             h = torch.ops.hgrn.hgru(core, lower_bound, self.theta_forward, self.theta_reverse,

@@ -19,7 +19,8 @@ from .hgru import HGRU
 
 @register_mixer("hgru_no_recurrence")
 class HGRUWithoutRecurrence(HGRU):
-    def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, lower_bound: Optional[Tensor] = None, grid_width: int = 0
+                ) -> Tensor:
         check_tokens(x, self.dim, "HGRUWithoutRecurrence")
         core, gate = self.in_proj(x)
         return self._output(core[..., :self.state_width].contiguous(), gate)
