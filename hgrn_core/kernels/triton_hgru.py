@@ -122,7 +122,9 @@ def gpu_config(device: torch.device, bwd: bool) -> dict:
 
 
 class _Cfg:
-    def __init__(self, B: int, N: int, d: int, device: torch.device, bwd: bool):
+    def __init__(self, B: int, N: int, d: int, device: torch.device, bwd: bool,
+                 segmented: bool = True):
+        # B: the sequences of the launch; segmented=False: always one walk per sequence
         on_gpu = device.type == "cuda" and not _interpreting()
         c = gpu_config(device, bwd) if on_gpu else dict(INTERP)
         c.update({k: v for k, v in _OVERRIDE.items() if k in c})
@@ -139,7 +141,7 @@ class _Cfg:
         self.prefetch = bool(c["prefetch"])
         self.n_dblk = triton.cdiv(d, self.block_d)
         self.n_tiles = triton.cdiv(N, self.block_t)
-        S = _OVERRIDE.get("segments")
+        S = _OVERRIDE.get("segments") if segmented else 1
         if S is None:
             S = 1
             target = _OVERRIDE.get("target_programs")
@@ -223,17 +225,28 @@ def _fast_math(cfg, dtype: torch.dtype) -> int:
 
 
 def _shape_args(cfg, N: int, d: int, proj: Tensor, real: bool, lb, h0c,
-                given: bool = False) -> dict:
+                given: bool = False, n_inner: Optional[int] = None,
+                accumulate: bool = False) -> dict:
     """The launch arguments the forward and backward kernels share: sizes, tiling and the
     compile-time flags for the dtype, the optional inputs and even shapes (``given``: the
-    scan API's decays and inputs, triton_scan_given)."""
+    scan API's decays and inputs, triton_scan_given; ``n_inner``: two batch levels, the 2-D
+    op's NESTED launches, ``accumulate`` onto the output)."""
     return dict(N=N, D=d, n_tiles=cfg.n_tiles, tps=cfg.tps, n_seg=cfg.n_seg,
+                n_inner=n_inner or 1, NESTED=n_inner is not None, ACCUMULATE=accumulate,
                 BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=_acc(proj.dtype),
                 HAS_LB=lb is not None, HAS_H0=h0c is not None,
                 VEC=cfg.vec, PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages,
                 FAST=_fast_math(cfg, proj.dtype),
                 EVEN_N=N % cfg.block_t == 0, EVEN_D=d % cfg.block_d == 0, GIVEN=given,
                 num_warps=cfg.num_warps)
+
+
+def _seq_strides(t: Tensor, tag: str, inner: int = 0, step: int = 1) -> dict:
+    """The kernels' strides ``s<tag>_b``, ``s<tag>_g``, ``s<tag>_n`` of ``t`` (B, N, C): batch,
+    inner sequence and time step. One batch level (the 1-D op): rows are time steps and the
+    inner stride unused; the 2-D op (NESTED): ``inner`` and ``step`` in token rows."""
+    return {f"s{tag}_b": t.stride(0), f"s{tag}_g": inner * t.stride(1),
+            f"s{tag}_n": step * t.stride(1)}
 
 
 def _scratch(cfg, B: int, W: int, acc_t: torch.dtype, pre: bool, dummy: Tensor, bwd: bool
@@ -281,7 +294,7 @@ def hgru_forward(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[
     hN = torch.zeros(B, W, device=dev, dtype=acc_t)
     lb, thf, thr, h0c = _vec(lower_bound), _vec(theta_f), _vec(theta_r), _vec(h0)
     args = dict(
-        P=proj, sp_b=proj.stride(0), sp_n=proj.stride(1), H=h, HN=hN,
+        P=proj, **_seq_strides(proj, "p"), H=h, **_seq_strides(h, "h"), HN=hN,
         H0=h0c if h0c is not None else h, LB=lb if lb is not None else h,
         THF=thf if (thf is not None and do_f) else h,
         THR=thr if (thr is not None and do_r) else h,
@@ -325,13 +338,13 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
     plb = torch.empty(B * S, d, device=dev, dtype=acc_t) if lb is not None else dproj
     dh0 = torch.empty(B, W, device=dev, dtype=acc_t) if h0c is not None else None
     args = dict(
-        P=proj, sp_b=proj.stride(0), sp_n=proj.stride(1),
-        G=dh, sg_b=dh.stride(0), sg_n=dh.stride(1),
+        P=proj, **_seq_strides(proj, "p"), G=dh, **_seq_strides(dh, "g"),
         GN=gN if gN is not None else dproj, H0=h0c if h0c is not None else dproj,
         LB=lb if lb is not None else dproj,
         THF=thf if (thf is not None and do_f) else dproj,
         THR=thr if (thr is not None and do_r) else dproj,
-        DP=dproj, DH0=dh0 if dh0 is not None else dproj, PTF=ptf, PTR=ptr, PLB=plb,
+        DP=dproj, **_seq_strides(dproj, "d"), DH0=dh0 if dh0 is not None else dproj,
+        PTF=ptf, PTR=ptr, PLB=plb,
         HAS_GN=gN is not None, **_scratch(cfg, B, W, acc_t, True, dproj, bwd=True),
         DO_F=do_f, DO_R=do_r, MAIN_REV=main_rev,
         V=proj, LAM=proj, GI=dh, DV=dproj, DL=dproj,
@@ -341,3 +354,4 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
     dtr = ptr.sum(0) if need_tr else None
     dlb = plb.sum(0) if lb is not None else None
     return dproj, dlb, dtf, dtr, dh0
+
