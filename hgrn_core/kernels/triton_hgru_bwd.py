@@ -61,11 +61,11 @@ def _hgru_bwd_kernel(
     else:
         WP = W + D
     if NESTED:
-        bo = b // n_inner
-        bi = b % n_inner
-        pseq = bo * sp_b + bi * sp_g
-        gseq = bo * sg_b + bi * sg_g
-        dseq = bo * sd_b + bi * sd_g
+        outer = b // n_inner
+        inner = b % n_inner
+        pseq = outer * sp_b + inner * sp_g
+        gseq = outer * sg_b + inner * sg_g
+        dseq = outer * sd_b + inner * sd_g
         d_n = sd_n
     else:  # (the 1-D code as it was: dproj contiguous, its strides implied)
         pseq = b * sp_b

@@ -55,10 +55,10 @@ def _hgru_fwd_kernel(
     else:
         WH = W
     if NESTED:
-        bo = b // n_inner
-        bi = b % n_inner
-        pseq = bo * sp_b + bi * sp_g
-        hseq = bo * sh_b + bi * sh_g
+        outer = b // n_inner
+        inner = b % n_inner
+        pseq = outer * sp_b + inner * sp_g
+        hseq = outer * sh_b + inner * sh_g
         h_n = sh_n
     else:  # (the 1-D code as it was: h contiguous, its strides implied)
         pseq = b * sp_b
