@@ -88,7 +88,8 @@ def test_no_spills_on_the_models_path(rows):
 def test_the_gpu_specialisations_are_covered(rows):
     """The recorded launches do specialise as on a GPU: N = 1 and d = 1 are constants, the
     segmented launches A / B and each dtype appear, the dh0 edge of the reverse backward
-    with N = 1 (the bug of 943b4de) is among them."""
+    with N = 1 (the bug of 943b4de) is among them, and the 2-D op's launches (NESTED, the
+    columns' ACCUMULATE) at the 2-D models' grids."""
     specs = [(r["kernel"], r["spec"]) for r in rows]  # recorded, compiled or not
 
     def has(kernel, *parts):
@@ -101,6 +102,9 @@ def test_the_gpu_specialisations_are_covered(rows):
         assert has(k, "SEG_A") and has(k, "SEG_B")
         for arch in ARCHS:
             assert has(k, f"sm_{arch}", "N=7921 ", "SEG_B")
+            # the 2-D op's row and (accumulating) column launches at the models' grids
+            assert has(k, f"sm_{arch}", "N=89 ", "n_inner=89 ", "NESTED")
+            assert has(k, f"sm_{arch}", "N=16[%16]", "NESTED+ACCUMULATE")
     rev_h0 = [s for k, s in specs if k == "_hgru_bwd_kernel" and "N=1[const]" in s
               and "HAS_H0" in s and "MAIN_REV" not in s]
     assert rev_h0, "no reverse backward with h0 and N = 1"

@@ -2,6 +2,8 @@
 
 * the HGRU core (op ``hgrn::hgru``): ``hgrn_core.kernels.triton_hgru`` -- gates and both
   scan directions in one launch, from the projection to the state (docs/triton.md);
+* the 2-D HGRU core (op ``hgrn::hgru2d``): the same kernels along the grid's rows, then its
+  columns (accumulating), each read in place through strides;
 * the output path (op ``hgrn::norm_gate``): ``hgrn_core.kernels.triton_norm_gate``;
 * the plain scans (``hgrn::complex_scan``, ``bidirectional_scan``, ``real_scan`` of the
   public scan API): the same walk kernels with decays and inputs given
@@ -69,6 +71,25 @@ class TritonBackend(ScanBackend):
         from ..kernels import triton_hgru
         return triton_hgru.hgru_backward(dh, dhN, proj, lower_bound, theta_f, theta_r, h0,
                                          direction)
+
+    # --- the 2-D HGRU core (hgrn::hgru2d): the same kernels along rows and columns in place --
+    # (a grid too large for the kernels' int32 offsets / launch limits, far beyond any vision
+    # model's, takes the base class's composition)
+    def hgru2d_forward(self, proj, lower_bound, theta_f, theta_r, grid_width, direction):
+        from ..kernels import triton_hgru
+        if not triton_hgru.grid_fits(proj.shape[1], proj.shape[2], grid_width):
+            return super().hgru2d_forward(proj, lower_bound, theta_f, theta_r, grid_width,
+                                          direction)
+        return triton_hgru.hgru2d_forward(proj, lower_bound, theta_f, theta_r, grid_width,
+                                          direction)
+
+    def hgru2d_backward(self, dh, proj, lower_bound, theta_f, theta_r, grid_width, direction):
+        from ..kernels import triton_hgru
+        if not triton_hgru.grid_fits(proj.shape[1], proj.shape[2], grid_width):
+            return super().hgru2d_backward(dh, proj, lower_bound, theta_f, theta_r,
+                                           grid_width, direction)
+        return triton_hgru.hgru2d_backward(dh, proj, lower_bound, theta_f, theta_r,
+                                           grid_width, direction)
 
     # --- fused output path: LayerNorm(h) * SiLU(gate) ---------------------------------------
     def norm_gate_forward(self, h, gate, weight, bias, eps):

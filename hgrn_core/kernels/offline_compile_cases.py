@@ -2,13 +2,14 @@
 
 A case is ``(label, group, fn)``: ``fn(device)`` calls a wrapper on (fake) CUDA tensors.
 Groups: ``model`` -- the vision models' path (bidirectional HGRU, complex and real, with a
-lower bound; norm_gate) at the models' shapes and dtypes (bf16 / fp16 autocast, fp32),
-where no kernel may spill; ``long`` -- the segmented long-sequence path; ``features`` --
-every option of the fused HGRU core; ``dtypes``; ``edges`` -- lengths and widths whose int
-arguments specialise differently on a GPU (N = 1 becomes a constant) or leave partial
-tiles; ``norm_gate`` -- odd widths, every dtype; ``scan`` -- the older plain scan kernels
-(public scan API only). Identical specialisations are compiled once, so overlapping cases
-cost nothing. ``full=True`` adds the whole cross product of the HGRU options.
+lower bound; norm_gate; the 2-D models' hgru2d) at the models' shapes and dtypes (bf16 /
+fp16 autocast, fp32), where no kernel may spill; ``long`` -- the segmented long-sequence
+path; ``features`` -- every option of the fused HGRU core; ``dtypes``; ``edges`` --
+lengths and widths whose int arguments specialise differently on a GPU (N = 1 becomes a
+constant) or leave partial tiles; ``norm_gate`` -- odd widths, every dtype; ``scan`` --
+the older plain scan kernels (public scan API only). Identical specialisations are
+compiled once, so overlapping cases cost nothing. ``full=True`` adds the whole cross
+product of the HGRU options.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ SHORT = {bf16: "bf16", f16: "fp16", f32: "fp32", f64: "fp64"}
 # batch sizes as trained (224 px) and as run at high resolution
 MODEL_DIMS = (192, 384)
 MODEL_BN = ((256, 256), (64, 256), (8, 7921), (2, 7921))
+# the 2-D models (hgrn2d_deit_tiny / _small): the same patch grids, 16 x 16 and 89 x 89
+MODEL_GRIDS = ((256, 16), (8, 89))
 DIRECTIONS = ("forward", "reverse", "both")
 
 
@@ -54,6 +57,29 @@ def hgru_case(B, N, d, dtype=bf16, direction="both", real=False, lb=True, h0=Fal
         dh = torch.empty(B, N, W, device=dev, dtype=dtype)
         gN = torch.empty(B, W, device=dev, dtype=acc) if dhN else None
         k.hgru_backward(dh, gN, proj, lbt, thf, thr, h0t, direction)
+    return label, group, fn
+
+
+def hgru2d_case(B, H, Wg, d, dtype=bf16, direction="both", real=False, lb=True, bwd=False,
+                group="model") -> Case:
+    """``hgru2d_forward`` (or ``hgru2d_backward``) over a (H, Wg) grid: the row launch and
+    the column launch (NESTED; ACCUMULATE for the columns)."""
+    label = (f"hgru2d_{'bwd' if bwd else 'fwd'} ({B},{H}x{Wg},{d}) {SHORT[dtype]} {direction} "
+             f"{'real' if real else 'complex'}" + " lb" * lb)
+
+    def fn(dev):
+        from . import triton_hgru as k
+        W = d if real else 2 * d
+        acc = _acc(dtype)
+        proj = torch.empty(B, H * Wg, W + d, device=dev, dtype=dtype)
+        lbt = torch.empty(d, device=dev, dtype=acc) if lb else None
+        thf = None if real else torch.empty(d, device=dev, dtype=acc)
+        thr = None if real or direction == "forward" else torch.empty(d, device=dev, dtype=acc)
+        if not bwd:
+            k.hgru2d_forward(proj, lbt, thf, thr, Wg, direction)
+            return
+        dh = torch.empty(B, H * Wg, W, device=dev, dtype=dtype)
+        k.hgru2d_backward(dh, proj, lbt, thf, thr, Wg, direction)
     return label, group, fn
 
 
@@ -129,6 +155,17 @@ def cases(full: bool, arch: int) -> List[Case]:
             out.append(norm_gate_case(B, N, 2 * d, dtype, bwd=bwd, group="model"))
     for d, (B, N) in itertools.product(MODEL_DIMS, MODEL_BN):  # real-valued HGRU models
         out += _fwd_bwd(B=B, N=N, d=d, real=True, group="model")
+    # the 2-D models' hgru2d (row launch + accumulating column launch; d only changes int
+    # values, not the specialisation): bf16 'both' at 1248 px and fp32 'forward' at 224 px
+    # for both targets (a diagonal of grid x dtype x direction, a few specialisations)
+    pairs = [((8, 89), 384, bf16, "both"), ((256, 16), 192, f32, "forward")]
+    if full:
+        pairs = itertools.product(MODEL_GRIDS, MODEL_DIMS, (bf16, f16, f32), ("both", "forward"))
+    for (B, H), d, dtype, direction in pairs:
+        for bwd in (False, True):
+            out.append(hgru2d_case(B, H, H, d, dtype, direction, bwd=bwd))
+            if full:
+                out.append(hgru2d_case(B, H, H, d, dtype, direction, real=True, bwd=bwd))
     # the segmented long-sequence path (few programs: S > 1, launches A and B)
     for direction in DIRECTIONS:
         out += _fwd_bwd(B=8, N=16384, d=384, direction=direction, states=("both",),

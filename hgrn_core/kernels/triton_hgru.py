@@ -15,6 +15,13 @@ Public functions (the Triton backend wires them into ``hgrn::hgru``):
     hgru_backward(dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction)
         -> (dproj, dlb, dtf, dtr, dh0)
 
+and the 2-D op over a patch grid (``hgrn::hgru2d``; the same kernels, rows then columns in
+place: see "the 2-D op" below):
+
+    hgru2d_forward(proj, lower_bound, theta_f, theta_r, grid_width, direction) -> h
+    hgru2d_backward(dh, proj, lower_bound, theta_f, theta_r, grid_width, direction)
+        -> (dproj, dlb, dtf, dtr)
+
 Layout (docs/triton.md has the reasoning, the byte counts and the measurements).
 A program owns one batch row and ``BLOCK_D`` channels and *walks* time in tiles of
 ``BLOCK_T`` rows with its state in registers: one 2-D load per input and tile (at a fixed
@@ -122,7 +129,9 @@ def gpu_config(device: torch.device, bwd: bool) -> dict:
 
 
 class _Cfg:
-    def __init__(self, B: int, N: int, d: int, device: torch.device, bwd: bool):
+    def __init__(self, B: int, N: int, d: int, device: torch.device, bwd: bool,
+                 segmented: bool = True):
+        # B: the sequences of the launch; segmented=False: always one walk per sequence
         on_gpu = device.type == "cuda" and not _interpreting()
         c = gpu_config(device, bwd) if on_gpu else dict(INTERP)
         c.update({k: v for k, v in _OVERRIDE.items() if k in c})
@@ -139,7 +148,7 @@ class _Cfg:
         self.prefetch = bool(c["prefetch"])
         self.n_dblk = triton.cdiv(d, self.block_d)
         self.n_tiles = triton.cdiv(N, self.block_t)
-        S = _OVERRIDE.get("segments")
+        S = _OVERRIDE.get("segments") if segmented else 1
         if S is None:
             S = 1
             target = _OVERRIDE.get("target_programs")
@@ -223,17 +232,28 @@ def _fast_math(cfg, dtype: torch.dtype) -> int:
 
 
 def _shape_args(cfg, N: int, d: int, proj: Tensor, real: bool, lb, h0c,
-                given: bool = False) -> dict:
+                given: bool = False, n_inner: Optional[int] = None,
+                accumulate: bool = False) -> dict:
     """The launch arguments the forward and backward kernels share: sizes, tiling and the
     compile-time flags for the dtype, the optional inputs and even shapes (``given``: the
-    scan API's decays and inputs, triton_scan_given)."""
+    scan API's decays and inputs, triton_scan_given; ``n_inner``: two batch levels, the 2-D
+    op's NESTED launches, ``accumulate`` onto the output)."""
     return dict(N=N, D=d, n_tiles=cfg.n_tiles, tps=cfg.tps, n_seg=cfg.n_seg,
+                n_inner=n_inner or 1, NESTED=n_inner is not None, ACCUMULATE=accumulate,
                 BLOCK_T=cfg.block_t, BLOCK_D=cfg.block_d, REAL=real, ACC=_acc(proj.dtype),
                 HAS_LB=lb is not None, HAS_H0=h0c is not None,
                 VEC=cfg.vec, PREFETCH=cfg.prefetch, NUM_STAGES=cfg.num_stages,
                 FAST=_fast_math(cfg, proj.dtype),
                 EVEN_N=N % cfg.block_t == 0, EVEN_D=d % cfg.block_d == 0, GIVEN=given,
                 num_warps=cfg.num_warps)
+
+
+def _seq_strides(t: Tensor, tag: str, inner: int = 0, step: int = 1) -> dict:
+    """The kernels' strides ``s<tag>_b``, ``s<tag>_g``, ``s<tag>_n`` of ``t`` (B, N, C): batch,
+    inner sequence and time step. One batch level (the 1-D op): rows are time steps and the
+    inner stride unused; the 2-D op (NESTED): ``inner`` and ``step`` in token rows."""
+    return {f"s{tag}_b": t.stride(0), f"s{tag}_g": inner * t.stride(1),
+            f"s{tag}_n": step * t.stride(1)}
 
 
 def _scratch(cfg, B: int, W: int, acc_t: torch.dtype, pre: bool, dummy: Tensor, bwd: bool
@@ -281,7 +301,7 @@ def hgru_forward(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[
     hN = torch.zeros(B, W, device=dev, dtype=acc_t)
     lb, thf, thr, h0c = _vec(lower_bound), _vec(theta_f), _vec(theta_r), _vec(h0)
     args = dict(
-        P=proj, sp_b=proj.stride(0), sp_n=proj.stride(1), H=h, HN=hN,
+        P=proj, **_seq_strides(proj, "p"), H=h, **_seq_strides(h, "h"), HN=hN,
         H0=h0c if h0c is not None else h, LB=lb if lb is not None else h,
         THF=thf if (thf is not None and do_f) else h,
         THR=thr if (thr is not None and do_r) else h,
@@ -325,13 +345,13 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
     plb = torch.empty(B * S, d, device=dev, dtype=acc_t) if lb is not None else dproj
     dh0 = torch.empty(B, W, device=dev, dtype=acc_t) if h0c is not None else None
     args = dict(
-        P=proj, sp_b=proj.stride(0), sp_n=proj.stride(1),
-        G=dh, sg_b=dh.stride(0), sg_n=dh.stride(1),
+        P=proj, **_seq_strides(proj, "p"), G=dh, **_seq_strides(dh, "g"),
         GN=gN if gN is not None else dproj, H0=h0c if h0c is not None else dproj,
         LB=lb if lb is not None else dproj,
         THF=thf if (thf is not None and do_f) else dproj,
         THR=thr if (thr is not None and do_r) else dproj,
-        DP=dproj, DH0=dh0 if dh0 is not None else dproj, PTF=ptf, PTR=ptr, PLB=plb,
+        DP=dproj, **_seq_strides(dproj, "d"), DH0=dh0 if dh0 is not None else dproj,
+        PTF=ptf, PTR=ptr, PLB=plb,
         HAS_GN=gN is not None, **_scratch(cfg, B, W, acc_t, True, dproj, bwd=True),
         DO_F=do_f, DO_R=do_r, MAIN_REV=main_rev,
         V=proj, LAM=proj, GI=dh, DV=dproj, DL=dproj,
@@ -341,3 +361,118 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
     dtr = ptr.sum(0) if need_tr else None
     dlb = plb.sum(0) if lb is not None else None
     return dproj, dlb, dtf, dtr, dh0
+
+
+# ------------------------------------------------------------------- the 2-D op over a grid
+# hgrn::hgru2d runs the same kernels twice, NESTED: along the rows of the patch grid, then
+# along its columns with ACCUMULATE (onto the rows' h / dproj), every sequence read and
+# written in place through its strides -- no transposed copy of anything. A grid's axes are
+# short (a few hundred tokens at most) and its rows / columns many (B * H and B * Wg
+# sequences), so the 2-D op always takes the single-launch scheme (no segments: S = 1).
+MAX_SEQS = 65535  # CUDA's limit on grid axis 1, the sequences of one launch
+
+
+def grid_fits(n_tokens: int, width: int, grid_width: int) -> bool:
+    """Whether the fused 2-D op takes a (B, n_tokens, width) grid of ``grid_width`` columns:
+    the column pass's time step (``grid_width`` rows of a contiguous tensor) within the
+    kernels' int32 in-tile offsets, and one image's rows / columns within a launch."""
+    return (grid_width * width < 2 ** 24
+            and max(grid_width, n_tokens // grid_width) <= MAX_SEQS)
+
+
+def _grid_layout(t: Tensor, grid_width: int) -> Tensor:
+    """``t`` as the 2-D launches read it: unit channel stride and a column time step
+    (``grid_width`` rows) < 2^24; else a contiguous copy (same layout, not transposed)."""
+    if t.stride(-1) != 1 or grid_width * t.stride(1) >= 2 ** 24:
+        t = t.contiguous()
+    return t
+
+
+def _grid_passes(B: int, N: int, grid_width: int):
+    """The 2-D op's launches: the row pass, then the column pass (``accumulate``), each in
+    batch chunks [b0, b1) of at most MAX_SEQS sequences. Yields (accumulate, b0, b1, G, L,
+    inner, step): G sequences of L tokens per image, the inner sequence stride and the time
+    step in token rows."""
+    H = N // grid_width
+    for accumulate, (G, L, inner, step) in enumerate(((H, grid_width, grid_width, 1),
+                                                      (grid_width, H, 1, grid_width))):
+        per = MAX_SEQS // G
+        for b0 in range(0, B, per):
+            yield bool(accumulate), b0, min(B, b0 + per), G, L, inner, step
+
+
+def hgru2d_forward(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[Tensor],
+                   theta_r: Optional[Tensor], grid_width: int, direction: str) -> Tensor:
+    """The 2-D HGRU core (hgrn::hgru2d, direction 'forward' or 'both'): the scans along every
+    row and every column of the grid, summed. Returns ``h`` (B, N, W) contiguous in
+    ``proj.dtype``. Needs :func:`grid_fits`."""
+    proj, real, d, W = _check(proj, theta_f, theta_r, None, direction)
+    proj = _grid_layout(proj, grid_width)
+    B, N, _ = proj.shape
+    dev = proj.device
+    acc_t = _acc_torch(proj.dtype)
+    do_f, do_r, both = walks(direction)
+    h = torch.empty(B, N, W, device=dev, dtype=proj.dtype)
+    lb, thf, thr = _vec(lower_bound), _vec(theta_f), _vec(theta_r)
+    for accumulate, b0, b1, G, L, inner, step in _grid_passes(B, N, grid_width):
+        p, hc = proj[b0:b1], h[b0:b1]
+        seqs = (b1 - b0) * G
+        cfg = _Cfg(seqs, L, d, dev, bwd=False, segmented=False)
+        args = dict(
+            P=p, **_seq_strides(p, "p", inner, step), H=hc, **_seq_strides(hc, "h", inner, step),
+            HN=hc, H0=hc, LB=lb if lb is not None else hc,
+            THF=thf if (thf is not None and do_f) else hc,
+            THR=thr if (thr is not None and do_r) else hc,
+            DO_F=do_f, DO_R=do_r, V=p, LAM=p, HI=hc,
+            **_scratch(cfg, seqs, W, acc_t, both, hc, bwd=False),
+            **_shape_args(cfg, L, d, p, real, lb, None, n_inner=G, accumulate=accumulate))
+        _launch(_hgru_fwd_kernel, cfg, seqs, pre=both, args=args)
+    return h
+
+
+def hgru2d_backward(dh: Tensor, proj: Tensor, lower_bound: Optional[Tensor],
+                    theta_f: Optional[Tensor], theta_r: Optional[Tensor], grid_width: int,
+                    direction: str
+                    ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Gradients of :func:`hgru2d_forward`: ``dproj`` (B, N, W + d) contiguous in
+    ``proj.dtype``; ``dlb``, ``dtf``, ``dtr`` (d,) in fp32 (fp64 for fp64 proj), None where
+    the input is None or unused. Both passes see the same ``dh`` (h is their sum)."""
+    proj, real, d, W = _check(proj, theta_f, theta_r, None, direction)
+    proj = _grid_layout(proj, grid_width)
+    dh = _grid_layout(dh, grid_width)
+    B, N, _ = proj.shape
+    dev = proj.device
+    acc_t = _acc_torch(proj.dtype)
+    do_f, do_r, _ = walks(direction)
+    dproj = torch.empty(B, N, W + d, device=dev, dtype=proj.dtype)
+    lb, thf, thr = _vec(lower_bound), _vec(theta_f), _vec(theta_r)
+    need_tf = do_f and not real
+    need_tr = do_r and not real
+    # per-sequence partial sums of both passes (S = 1: one row per sequence), summed once
+    rows = B * (N // grid_width + grid_width)
+    ptf = torch.empty(rows, d, device=dev, dtype=acc_t) if need_tf else None
+    ptr = torch.empty(rows, d, device=dev, dtype=acc_t) if need_tr else None
+    plb = torch.empty(rows, d, device=dev, dtype=acc_t) if lb is not None else None
+    r0 = 0
+    for accumulate, b0, b1, G, L, inner, step in _grid_passes(B, N, grid_width):
+        p, g, dp = proj[b0:b1], dh[b0:b1], dproj[b0:b1]
+        seqs = (b1 - b0) * G
+        cfg = _Cfg(seqs, L, d, dev, bwd=True, segmented=False)
+
+        def part(t):
+            return dp if t is None else t[r0:r0 + seqs]
+
+        args = dict(
+            P=p, **_seq_strides(p, "p", inner, step), G=g, **_seq_strides(g, "g", inner, step),
+            GN=dp, H0=dp, LB=lb if lb is not None else dp,
+            THF=thf if (thf is not None and do_f) else dp,
+            THR=thr if (thr is not None and do_r) else dp,
+            DP=dp, **_seq_strides(dp, "d", inner, step), DH0=dp,
+            PTF=part(ptf), PTR=part(ptr), PLB=part(plb),
+            HAS_GN=False, **_scratch(cfg, seqs, W, acc_t, True, dp, bwd=True),
+            DO_F=do_f, DO_R=do_r, MAIN_REV=True, V=p, LAM=p, GI=g, DV=dp, DL=dp,
+            **_shape_args(cfg, L, d, p, real, lb, None, n_inner=G, accumulate=accumulate))
+        _launch(_hgru_bwd_kernel, cfg, seqs, pre=True, args=args)
+        r0 += seqs
+    return (dproj, None if plb is None else plb.sum(0), None if ptf is None else ptf.sum(0),
+            None if ptr is None else ptr.sum(0))

@@ -15,21 +15,29 @@ from .triton_hgru_device import (
 # ----------------------------------------------------------------------------------- backward
 @triton.jit
 def _hgru_bwd_kernel(
-        P, sp_b, sp_n, G, sg_b, sg_n, GN, H0, LB, THF, THR,
-        DP, DH0, PTF, PTR, PLB,
+        P, sp_b, sp_g, sp_n, G, sg_b, sg_g, sg_n, GN, H0, LB, THF, THR,
+        DP, sd_b, sd_g, sd_n, DH0, PTF, PTR, PLB,
         BND, CUM, SE, SP,
-        N, D, n_tiles, tps, n_seg, V, LAM, GI, DV, DL,
+        N, D, n_tiles, tps, n_seg, n_inner, V, LAM, GI, DV, DL,
         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, REAL: tl.constexpr, ACC: tl.constexpr,
         HAS_LB: tl.constexpr, HAS_H0: tl.constexpr, HAS_GN: tl.constexpr,
         DO_F: tl.constexpr, DO_R: tl.constexpr, MAIN_REV: tl.constexpr,
         PRE: tl.constexpr, MAIN: tl.constexpr, SEG_A: tl.constexpr, SEG_B: tl.constexpr,
         VEC: tl.constexpr, PREFETCH: tl.constexpr, FAST: tl.constexpr,
         EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, NUM_STAGES: tl.constexpr,
-        GIVEN: tl.constexpr):
+        GIVEN: tl.constexpr, NESTED: tl.constexpr, ACCUMULATE: tl.constexpr):
     """Backward of the HGRU core. Main walk R (MAIN_REV: 'forward', 'both') or L
     ('reverse'); quantities whose direction is the main one are carried by the main walk,
     the others by the pre-walk. Boundary slots: HF/HR 0, DF/DR 1. Summary slots: HF 0,
     HR 1, DF 2, DR 3. h0 seeds HF ('forward') or HR ('reverse'); dhN seeds DF / DR.
+
+    Sequence b (grid axis 1) starts at b * sp_b in P (b * sg_b in G), time step sp_n (sg_n);
+    dproj is contiguous (B, N, W + d). NESTED (the 2-D op's rows or columns of a patch
+    grid): two batch levels, b = outer * n_inner + inner, sequence b at outer * s*_b +
+    inner * s*_g with time step s*_n in P (sp_*), G (sg_*) and DP (sd_*). ACCUMULATE (not
+    with GIVEN): dproj is added to what DP holds (the 2-D op's second axis onto the first's),
+    read and written by the one program that owns it. The per-program partial sums (PTF,
+    PTR, PLB) are rows b * n_seg + seg of whatever those pointers address.
 
     GIVEN (the scan API): P, V, LAM are u, v, lam and G, GI the gradients of Re h, Im h,
     (B, N, D) each; du, dv, dlam are written to DP, DV, DL. The state walks return h_{t-1}
@@ -52,17 +60,29 @@ def _hgru_bwd_kernel(
         WP = D  # row width of the gradient output(s)
     else:
         WP = W + D
-    pbase = P + b * sp_b
-    vbase = V + b * sp_b
-    lbase = LAM + b * sp_b
-    gbase = G + b * sg_b
-    gibase = GI + b * sg_b
-    dbase = DP + b * N * WP
-    dvbase = DV + b * N * WP
-    dlbase = DL + b * N * WP
+    if NESTED:
+        outer = b // n_inner
+        inner = b % n_inner
+        pseq = outer * sp_b + inner * sp_g
+        gseq = outer * sg_b + inner * sg_g
+        dseq = outer * sd_b + inner * sd_g
+        d_n = sd_n
+    else:  # (the 1-D code as it was: dproj contiguous, its strides implied)
+        pseq = b * sp_b
+        gseq = b * sg_b
+        dseq = b * N * WP
+        d_n = WP
+    pbase = P + pseq
+    vbase = V + pseq
+    lbase = LAM + pseq
+    gbase = G + gseq
+    gibase = GI + gseq
+    dbase = DP + dseq
+    dvbase = DV + dseq
+    dlbase = DL + dseq
     roff = rows * sp_n + offs_d  # tile offsets from its first row
     goff = rows * sg_n + offs_d
-    doff = rows * WP + offs_d
+    doff = rows * d_n + offs_d
     k_lo = seg * tps
     k_hi = tl.minimum(k_lo + tps, n_tiles)
     nk = k_hi - k_lo
@@ -407,7 +427,7 @@ def _hgru_bwd_kernel(
                     acc_r += _rsum(tl.where(m2, ei * yr - er * yi, 0.0))
             if GIVEN:
                 # du = dx, dv = dxi, dlam = q = sum_dir Re(D conj(e^{i theta} h_prev))
-                dps = (k * BLOCK_T).to(tl.int64) * WP
+                dps = (k * BLOCK_T).to(tl.int64) * d_n
                 tl.store(dbase + dps + doff, dxr.to(DP.dtype.element_ty), mask=m2)
                 if not REAL:
                     tl.store(dvbase + dps + doff, dxi.to(DP.dtype.element_ty), mask=m2)
@@ -425,11 +445,17 @@ def _hgru_bwd_kernel(
                 if HAS_LB:
                     acc_l += _rsum(tl.where(m2, (tl.where(pos, q * rl, 0.0) + dlx) * oms, 0.0))
                 dcr = oml * dxr * sg_r * (1.0 + c_r * (1.0 - sg_r))
-                dpp = dbase + (k * BLOCK_T).to(tl.int64) * WP + doff
+                dpp = dbase + (k * BLOCK_T).to(tl.int64) * d_n + doff
+                if ACCUMULATE:  # in ACC, then rounded once
+                    dcr += tl.load(dpp, mask=m2, other=0.0).to(ACC)
                 tl.store(dpp, dcr.to(DP.dtype.element_ty), mask=m2)
                 if not REAL:
                     dci = oml * dxi * sg_i * (1.0 + c_i * (1.0 - sg_i))
+                    if ACCUMULATE:
+                        dci += tl.load(dpp + D, mask=m2, other=0.0).to(ACC)
                     tl.store(dpp + D, dci.to(DP.dtype.element_ty), mask=m2)
+                if ACCUMULATE:
+                    dmu += tl.load(dpp + W, mask=m2, other=0.0).to(ACC)
                 tl.store(dpp + W, dmu.to(DP.dtype.element_ty), mask=m2)
 
         # per-program partial sums

@@ -14,18 +14,25 @@ from .triton_hgru_device import (
 # ------------------------------------------------------------------------------------ forward
 @triton.jit
 def _hgru_fwd_kernel(
-        P, sp_b, sp_n, H, HN, H0, LB, THF, THR,
+        P, sp_b, sp_g, sp_n, H, sh_b, sh_g, sh_n, HN, H0, LB, THF, THR,
         BND, CUM, SE, SP,
-        N, D, n_tiles, tps, n_seg, V, LAM, HI,
+        N, D, n_tiles, tps, n_seg, n_inner, V, LAM, HI,
         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, REAL: tl.constexpr, ACC: tl.constexpr,
         HAS_LB: tl.constexpr, HAS_H0: tl.constexpr, DO_F: tl.constexpr, DO_R: tl.constexpr,
         PRE: tl.constexpr, MAIN: tl.constexpr, SEG_A: tl.constexpr, SEG_B: tl.constexpr,
         VEC: tl.constexpr, PREFETCH: tl.constexpr, FAST: tl.constexpr,
         EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, NUM_STAGES: tl.constexpr,
-        GIVEN: tl.constexpr):
+        GIVEN: tl.constexpr, NESTED: tl.constexpr, ACCUMULATE: tl.constexpr):
     """Forward of the HGRU core. Main walk L for 'forward'/'both' (DO_F), R for 'reverse';
     'both' pre-walks R for HR. PRE+MAIN: one launch (S = 1); SEG_A / SEG_B: the two launches
     of the segmented scheme. Summary slots: HF 0, HR 1.
+
+    Sequence b (grid axis 1) starts at b * sp_b in P, time step sp_n; h is contiguous
+    (B, N, W). NESTED (the 2-D op's rows or columns of a patch grid): two batch levels,
+    b = outer * n_inner + inner, sequence b at outer * s*_b + inner * s*_g with time step
+    s*_n in P (sp_*) and in H (sh_*); no final state (HN unused). ACCUMULATE (not with
+    GIVEN): h is added to what H holds (the 2-D op's second axis onto the first's), read and
+    written by the one program that owns it.
 
     GIVEN (the scan API): P, V, LAM are u, v, lam (B, N, D) with the strides (sp_b, sp_n),
     decays and inputs read as given; h is written to H (Re) and HI (Im), (B, N, D) each."""
@@ -47,13 +54,23 @@ def _hgru_fwd_kernel(
         WH = D  # row width of the output(s)
     else:
         WH = W
-    pbase = P + b * sp_b
-    vbase = V + b * sp_b
-    lbase = LAM + b * sp_b
-    hbase = H + b * N * WH
-    hibase = HI + b * N * WH
+    if NESTED:
+        outer = b // n_inner
+        inner = b % n_inner
+        pseq = outer * sp_b + inner * sp_g
+        hseq = outer * sh_b + inner * sh_g
+        h_n = sh_n
+    else:  # (the 1-D code as it was: h contiguous, its strides implied)
+        pseq = b * sp_b
+        hseq = b * N * WH
+        h_n = WH
+    pbase = P + pseq
+    vbase = V + pseq
+    lbase = LAM + pseq
+    hbase = H + hseq
+    hibase = HI + hseq
     roff = rows * sp_n + offs_d  # tile offsets from its first row
-    hoff = rows * WH + offs_d
+    hoff = rows * h_n + offs_d
     k_lo = seg * tps
     k_hi = tl.minimum(k_lo + tps, n_tiles)
     nk = k_hi - k_lo
@@ -205,15 +222,19 @@ def _hgru_fwd_kernel(
                 ar, ai = _decay(lam, cr_, sr_, mt, False, REAL)
                 hr, hi, mr, mi, _, _ = _walk(ar, ai, xr, xi, mr, mi, rows, True, REAL, BLOCK_T,
                                              False)
-            hs = (k * BLOCK_T).to(tl.int64) * WH
+            hs = (k * BLOCK_T).to(tl.int64) * h_n
             hp = hbase + hs + hoff
+            if ACCUMULATE:  # in ACC, then rounded once
+                hr += tl.load(hp, mask=m2, other=0.0).to(ACC)
             tl.store(hp, hr.to(H.dtype.element_ty), mask=m2)
             if not REAL:
                 if GIVEN:
                     tl.store(hibase + hs + hoff, hi.to(H.dtype.element_ty), mask=m2)
                 else:
+                    if ACCUMULATE:
+                        hi += tl.load(hp + D, mask=m2, other=0.0).to(ACC)
                     tl.store(hp + D, hi.to(H.dtype.element_ty), mask=m2)
-        if not BOTH:
+        if not BOTH and not NESTED:
             if DO_F:
                 last = seg == n_seg - 1
             else:

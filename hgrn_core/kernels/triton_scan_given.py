@@ -19,7 +19,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .triton_hgru import _Cfg, _acc_torch, _launch, _scratch, _shape_args, _vec, walks
+from .triton_hgru import (_Cfg, _acc_torch, _launch, _scratch, _seq_strides, _shape_args, _vec,
+                          walks)
 from .triton_hgru_bwd import _hgru_bwd_kernel
 from .triton_hgru_fwd import _hgru_fwd_kernel
 
@@ -74,8 +75,8 @@ def scan_forward(u: Tensor, v: Optional[Tensor], lam: Tensor, theta_f: Optional[
     hN = torch.zeros(B, W, device=dev, dtype=acc_t)
     h0 = _vec(h0)
     args = dict(
-        P=u, V=u if real else v, LAM=lam, sp_b=u.stride(0), sp_n=u.stride(1),
-        H=hr, HI=hi, HN=hN, H0=h0 if h0 is not None else hr, LB=hr,
+        P=u, V=u if real else v, LAM=lam, **_seq_strides(u, "p"),
+        H=hr, HI=hi, **_seq_strides(hr, "h"), HN=hN, H0=h0 if h0 is not None else hr, LB=hr,
         THF=_vec(theta_f) if (do_f and not real) else hr,
         THR=_vec(theta_r) if (do_r and not real) else hr,
         DO_F=do_f, DO_R=do_r, **_scratch(cfg, B, W, acc_t, both, hr, bwd=False),
@@ -113,11 +114,12 @@ def scan_backward(gr: Tensor, gi: Optional[Tensor], gN: Optional[Tensor], u: Ten
     ptr = torch.empty(B * S, D, device=dev, dtype=acc_t) if need_tr else du
     dh0 = torch.empty(B, W, device=dev, dtype=acc_t) if h0 is not None else None
     args = dict(
-        P=u, V=u if real else v, LAM=lam, sp_b=u.stride(0), sp_n=u.stride(1),
-        G=gr, GI=gr if real else gi, sg_b=gr.stride(0), sg_n=gr.stride(1),
+        P=u, V=u if real else v, LAM=lam, **_seq_strides(u, "p"),
+        G=gr, GI=gr if real else gi, **_seq_strides(gr, "g"),
         GN=gN if gN is not None else du, H0=h0 if h0 is not None else du, LB=du,
         THF=_vec(theta_f) if need_tf else du, THR=_vec(theta_r) if need_tr else du,
-        DP=du, DV=dv, DL=dlam, DH0=dh0 if dh0 is not None else du, PTF=ptf, PTR=ptr, PLB=du,
+        DP=du, DV=dv, DL=dlam, **_seq_strides(du, "d"), DH0=dh0 if dh0 is not None else du,
+        PTF=ptf, PTR=ptr, PLB=du,
         HAS_GN=gN is not None, DO_F=do_f, DO_R=do_r, MAIN_REV=direction != "reverse",
         **_scratch(cfg, B, W, acc_t, True, du, bwd=True),
         **_shape_args(cfg, N, D, u, real, None, h0, given=True))
