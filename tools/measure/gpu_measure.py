@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 GPU_TEST_FILES = ("tests/test_triton_backend.py", "tests/test_triton_hgru.py",
-                  "tests/test_norm_gate.py")
+                  "tests/test_norm_gate.py", "tests/test_hgru2d_triton.py")
 
 
 # ----------------------------------------------------------------------------------- plan

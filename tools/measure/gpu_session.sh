@@ -31,7 +31,7 @@ timeout -k 5 90 $PY -m hgrn_tools.measure.gpu_profile "$OUT/profile"
 log "(0) exit $?"
 
 log "(a) report before tuning"
-timeout -k 5 240 $PY -m hgrn_tools.measure.gpu_report "$OUT/before" --budget 180 --test-timeout 90
+timeout -k 5 240 $PY -m hgrn_tools.measure.gpu_report "$OUT/before" --budget 180 --test-timeout 120
 log "(a) exit $?"
 
 log "(b) launch-configuration sweep"
