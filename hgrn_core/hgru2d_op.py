@@ -91,7 +91,9 @@ hgru2d_op.register_autograd(_backward, setup_context=_setup)
 # ------------------------------------------------------------------------------ public API
 def check_grid(n_tokens: int, grid_width: int) -> int:
     """Clear errors for a grid that does not tile the tokens; returns the grid's height."""
-    if not isinstance(grid_width, int) or grid_width < 1:
+    # an int, or a symbolic one under torch.export / torch.compile with dynamic sizes
+    if not isinstance(grid_width, (int, torch.SymInt)) or isinstance(grid_width, bool) \
+            or grid_width < 1:
         raise ValueError(f"grid_width must be a positive int, got {grid_width!r}")
     if n_tokens % grid_width:
         raise ValueError(f"the tokens do not form a grid of width {grid_width}: N = {n_tokens} "
