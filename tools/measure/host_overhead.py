@@ -123,6 +123,7 @@ def simulate_gpu(p: Patches) -> None:
     p.set(torch.cuda, "current_device", lambda: 0)
     for cached in (backends._capability_of, triton_norm_gate._sm_count):
         cached.cache_clear()
+    getattr(triton_hgru, "clear_launch_configs", lambda: None)()
     auto = backends.auto_backend_name
     p.set(backends, "auto_backend_name",
           lambda device: auto(cuda) if device.type == "cpu" else auto(device))
@@ -169,8 +170,10 @@ def layers(device, shape=SHAPE) -> List[Tuple[str, Callable[[], object]]]:
     op_fn = hgru_mod.hgru_op._init_fn
     ng_fn = ng_mod.norm_gate_op._init_fn
 
+    config = getattr(triton_hgru, "_launch_config", None) or triton_hgru._Cfg
+
     def cfg_fwd():  # what the wrapper calls for its launch configuration
-        return triton_hgru._Cfg(B, N, d, dev, bwd=False)
+        return config(B, N, d, dev, bwd=False)
 
     cfg = cfg_fwd()
 
@@ -189,7 +192,7 @@ def layers(device, shape=SHAPE) -> List[Tuple[str, Callable[[], object]]]:
          lambda: (backends.resolve_backend("auto", dev), backends.chosen_automatically("auto"))),
         ("hgru  run_backend('auto'), empty call", lambda: backends.run_backend(
             "auto", dev, lambda impl: None)),
-        ("hgru  wrapper launch config (_Cfg, forward)", cfg_fwd),
+        (f"hgru  wrapper launch config ({config.__name__}, forward)", cfg_fwd),
         ("hgru  wrapper scratch (forward 'both')", lambda: triton_hgru._scratch(
             cfg, B, W, torch.float32, True, proj, bwd=False)),
         ("hgru  kernel wrapper hgru_forward (launch stubbed)",
