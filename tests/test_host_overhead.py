@@ -141,3 +141,22 @@ def test_wrappers_with_hot_caches_match_the_torch_backend(direction):
             if direction != "both":
                 torch.testing.assert_close(got[1], want[1].to(got[1].dtype), rtol=tol,
                                            atol=tol)
+
+
+def test_backward_op_outputs_are_what_the_fake_grads_describe():
+    """hgru_backward's outputs (dtype, shape, zeros for None, placeholders for absent
+    inputs) as out_like(g, _fake_grads(...)) gave them before the host-time cut."""
+    import torch
+    from hgrn_core.hgru_op import _fake_grads, _grads_out
+    from hgrn_core.ops import out_like
+    proj = torch.randn(2, 5, 9, dtype=torch.bfloat16)
+    lb, tf = torch.rand(3), torch.randn(3, dtype=torch.float64)
+    h0 = torch.randn(2, 6)
+    grads = [torch.randn(2, 5, 9), None, torch.randn(3), None, torch.randn(2, 6).double()]
+    inputs = (lb, tf, None, h0)
+    want = [out_like(g, like) for g, like in zip(grads, _fake_grads(proj, *inputs))]
+    got = _grads_out(grads, proj, inputs)
+    for x, y in zip(got, want):
+        assert x.dtype == y.dtype and x.shape == y.shape and x.device == y.device
+        assert x.is_contiguous() and x._base is None
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
