@@ -18,7 +18,9 @@ cache key) for the wrappers' actual launch arguments, with Triton's binder for s
 9.0 and 132 SMs, ``auto`` resolves as for a CUDA tensor, the wrappers choose their GPU
 launch configurations (so the segmented scheme's two launches and scratch buffers happen as
 on the GPU), the value checks are skipped as on a GPU, and the JIT kernels are stubbed: the
-tensors stay on the CPU (allocation costs differ from CUDA's caching allocator by ~1 us).
+tensors stay on the CPU (allocation costs differ from CUDA's caching allocator by ~1 us;
+the backward wrappers' ``.sum`` of per-program partials computes on the CPU here, where the
+GPU launches a kernel: norm_gate's backward most, (1024, W) partials at the default shape).
 ``--device cuda``: real CUDA tensors; layers as above with stubbed launches, plus the
 wrappers and entries with real launches (host time to enqueue, no sync).
 """
