@@ -19,9 +19,9 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from .backends import chosen_automatically, get_backend, op_backend, resolve_backend, run_backend
-from .hgru_op import _check_inputs
-from .ops import out_like
+from .backends import get_backend, op_backend, resolve_choice, run_backend
+from .hgru_op import _check_inputs, _grads_out
+from .ops import fresh
 
 
 def _for_backward(backend):
@@ -40,8 +40,9 @@ def hgru2d_op(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[Ten
               ) -> Tensor:
     h = run_backend(backend, proj.device, lambda impl: impl.hgru2d_forward(
         proj, lower_bound, theta_f, theta_r, grid_width, direction))
-    return out_like(h, proj.new_empty(proj.shape[0], proj.shape[1],
-                                      _width(proj, theta_f, theta_r)))
+    if h is None:  # (as out_like(h, <a (B, N, W) tensor like proj>), without allocating one)
+        return proj.new_zeros(proj.shape[0], proj.shape[1], _width(proj, theta_f, theta_r))
+    return fresh(h, proj.dtype)
 
 
 @hgru2d_op.register_fake
@@ -55,8 +56,7 @@ def hgru2d_backward_op(dh: Tensor, proj: Tensor, lower_bound: Optional[Tensor],
                        direction: str, backend: str) -> List[Tensor]:
     grads = run_backend(backend, proj.device, lambda impl: _for_backward(impl).hgru2d_backward(
         dh, proj, lower_bound, theta_f, theta_r, grid_width, direction))
-    return [out_like(g, like) for g, like in zip(grads, _fake_grads(proj, lower_bound, theta_f,
-                                                                    theta_r))]
+    return _grads_out(grads, proj, (lower_bound, theta_f, theta_r))
 
 
 def _fake_grads(proj, lower_bound, theta_f, theta_r) -> List[Tensor]:
@@ -115,10 +115,10 @@ def hgru2d(proj: Tensor, lower_bound: Optional[Tensor] = None,
         raise ValueError("direction must be 'both' or 'forward' for the 2-D HGRU, got 'reverse'")
     _check_inputs(proj, lower_bound, theta_forward, theta_reverse, direction)
     check_grid(proj.shape[1], grid_width)
-    impl = resolve_backend(backend, proj.device)
+    impl, automatic = resolve_choice(backend, proj.device)
     tf = theta_forward
     tr = theta_reverse if direction == "both" else None
     if impl.autograd_loop:  # the reference loop, differentiated by autograd (no op)
         return impl.hgru2d_forward(proj, lower_bound, tf, tr, grid_width, direction).to(proj.dtype)
-    name = "auto" if chosen_automatically(backend) else impl.name
+    name = "auto" if automatic else impl.name
     return hgru2d_op(proj, lower_bound, tf, tr, grid_width, direction, name)

@@ -25,11 +25,11 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .backends import chosen_automatically, get_backend, op_backend, resolve_backend, run_backend
+from .backends import get_backend, op_backend, resolve_choice, run_backend
 from .backends.base import DIRECTIONS
 from .precision import compute_dtype
 from .checks import check_float, describe, values_checked
-from .ops import out_like
+from .ops import fresh, out_like
 
 
 # ------------------------------------------------------------------------------------ ops
@@ -55,8 +55,9 @@ def hgru_op(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[Tenso
     B, N, W, d = _shapes(proj, theta_f is not None or theta_r is not None)
     h, hN = run_backend(backend, proj.device, lambda impl: impl.hgru_forward(
         proj, lower_bound, theta_f, theta_r, h0, direction))
-    state = _state(proj, W)
-    return out_like(h, proj), out_like(hN, state)
+    acc = compute_dtype(proj.dtype)  # hN as out_like(hN, _state(proj, W)), no state allocated
+    hN = proj.new_zeros(B, W, dtype=acc) if hN is None else fresh(hN, acc)
+    return out_like(h, proj), hN
 
 
 @hgru_op.register_fake
@@ -70,10 +71,23 @@ def hgru_backward_op(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
                      lower_bound: Optional[Tensor], theta_f: Optional[Tensor],
                      theta_r: Optional[Tensor], h0: Optional[Tensor], direction: str,
                      backend: str) -> List[Tensor]:
-    dproj, dlb, dtf, dtr, dh0 = run_backend(backend, proj.device, lambda impl: _for_backward(
+    grads = run_backend(backend, proj.device, lambda impl: _for_backward(
         impl).hgru_backward(dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction))
-    like = _fake_grads(proj, lower_bound, theta_f, theta_r, h0)
-    return [out_like(g, l) for g, l in zip((dproj, dlb, dtf, dtr, dh0), like)]
+    return _grads_out(grads, proj, (lower_bound, theta_f, theta_r, h0))
+
+
+def _grads_out(grads, proj: Tensor, others) -> List[Tensor]:
+    """A backward op's outputs: each gradient made fresh in its input's dtype; zeros where a
+    backend gave None; an empty placeholder for an absent input (as ``_fake_grads``
+    describes them, without allocating the described tensors: host time per call)."""
+    out = [torch.zeros(proj.shape, dtype=proj.dtype, device=proj.device)
+           if grads[0] is None else fresh(grads[0], proj.dtype)]
+    for g, t in zip(grads[1:], others):
+        if g is not None:
+            out.append(fresh(g, (t if t is not None else proj).dtype))
+        else:
+            out.append(proj.new_zeros(0) if t is None else torch.zeros_like(t))
+    return out
 
 
 def _fake_grads(proj, lower_bound, theta_f, theta_r, h0) -> List[Tensor]:
@@ -194,7 +208,7 @@ def hgru(proj: Tensor, lower_bound: Optional[Tensor] = None,
     """
     d = _check_inputs(proj, lower_bound, theta_forward, theta_reverse, direction)
     h0 = _initial_state(initial_state, proj, proj.shape[-1] - d, direction)
-    impl = resolve_backend(backend, proj.device)
+    impl, automatic = resolve_choice(backend, proj.device)
     tf = theta_forward if direction != "reverse" else None
     tr = theta_reverse if direction != "forward" else None
     if impl.autograd_loop:  # the reference loop, differentiated by autograd (no op)
@@ -203,6 +217,6 @@ def hgru(proj: Tensor, lower_bound: Optional[Tensor] = None,
         hN = _state(proj, h.shape[-1]).zero_() if hN is None else hN.to(
             compute_dtype(proj.dtype))
     else:  # the op; under an automatic choice it resolves "auto" itself, with its fallback
-        name = "auto" if chosen_automatically(backend) else impl.name
+        name = "auto" if automatic else impl.name
         h, hN = hgru_op(proj, lower_bound, tf, tr, h0, direction, name)
     return (h, hN) if return_final_state else h

@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .backends import chosen_automatically, op_backend, resolve_backend, run_backend
+from .backends import op_backend, resolve_choice, run_backend
 from .checks import check_float
 # the plain torch composition (what the base backend runs), re-exported here
 from .norm_gate_torch import norm_gate_reference_backward, norm_gate_reference_forward  # noqa: F401
@@ -56,8 +56,13 @@ def norm_gate_op(h: Tensor, gate: Tensor, weight: Optional[Tensor], bias: Option
         h, gate, weight, bias, eps))
     acc = compute_dtype(h.dtype)
     stats = h.shape[:-1]
-    return (fresh(y, h.dtype), fresh(mean.reshape(stats), acc),
-            fresh(rstd.reshape(stats), acc))
+    return fresh(y, h.dtype), _stat(mean, stats, acc), _stat(rstd, stats, acc)
+
+
+def _stat(t: Tensor, stats: torch.Size, acc: torch.dtype) -> Tensor:
+    """A backend's statistic as a (B, N) output; reshaped only where its shape differs (a
+    reshape to the same shape is a view, which ``fresh`` would copy: a copy kernel per call)."""
+    return fresh(t if t.shape == stats else t.reshape(stats), acc)
 
 
 @norm_gate_op.register_fake
@@ -161,8 +166,8 @@ def norm_gate(h: Tensor, gate: Tensor, weight: Optional[Tensor] = None,
         h = h.contiguous()
     if gate.shape[-1] > 1 and gate.stride(-1) != 1:
         gate = gate.contiguous()
-    impl = resolve_backend(backend, h.device)
-    auto = chosen_automatically(backend)  # the op resolves "auto" itself, with its fallback
+    impl, auto = resolve_choice(backend, h.device)
+    # under an automatic choice the op resolves "auto" itself, with its fallback
     y, _, _ = norm_gate_op(h, gate, weight, bias, eps, "auto" if auto else impl.name)
     return y
 

@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import warnings
-from typing import Callable, Dict, Optional, TypeVar, Union
+from typing import Callable, Dict, Optional, Tuple, TypeVar, Union
 
 import torch
 
@@ -84,9 +84,13 @@ def triton_version() -> Optional[str]:
 def triton_usable() -> bool:
     """Whether a Triton new enough for the kernels is installed."""
     version = triton_version()
-    if version is None:
-        return False
-    return tuple(int(p) for p in re.findall(r"\d+", version)[:2]) >= MIN_TRITON
+    return version is not None and _release(version) >= MIN_TRITON
+
+
+@functools.lru_cache(maxsize=None)
+def _release(version: str) -> Tuple[int, ...]:
+    # (major, minor) of a version string; parsed once: "auto" asks on every op call
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:2])
 
 
 # the oldest GPU architecture the kernels are compile-checked for (tests/test_triton_compile.py)
@@ -162,6 +166,23 @@ def chosen_automatically(name: Optional[str]) -> bool:
     return name in (None, "auto") and os.environ.get(ENV_VAR, "").strip() in ("", "auto")
 
 
+def resolve_choice(name: Optional[str], device: torch.device) -> Tuple[ScanBackend, bool]:
+    """``(resolve_backend(name, device), chosen_automatically(name))``, reading
+    ``HGRN_BACKEND`` once (the ops ask on every call; an environment read costs ~1 us)."""
+    automatic = False
+    if name is None or name == "auto":
+        name = os.environ.get(ENV_VAR, "").strip() or "auto"
+        if name == "auto":
+            name, automatic = auto_backend_name(device), True
+    backend = get_backend(name)
+    if not backend.is_available(device):
+        usable = [n for n in list_backends() if _usable(n, device)]
+        raise ValueError(
+            f"scan backend {name!r} cannot run on {device.type} tensors; "
+            f"usable here: {usable} (or 'auto')")
+    return backend, automatic
+
+
 T = TypeVar("T")
 
 
@@ -170,8 +191,8 @@ def run_backend(name: Optional[str], device: torch.device, call: Callable[[ScanB
     Numba was chosen automatically and its kernel fails (a compile or launch error; not an
     input error, not out of memory), warn once and run ``call`` on the torch backend
     instead; ``auto`` then picks torch for the rest of the process."""
-    backend = resolve_backend(name, device)
-    if backend.name not in ("triton", "numba") or not chosen_automatically(name):
+    backend, automatic = resolve_choice(name, device)
+    if backend.name not in ("triton", "numba") or not automatic:
         return call(backend)
     kind = backend.name
     try:
@@ -191,17 +212,7 @@ def run_backend(name: Optional[str], device: torch.device, call: Callable[[ScanB
 
 def resolve_backend(name: str | None, device: torch.device) -> ScanBackend:
     """Turn a user's choice (name, ``"auto"`` or None) into a backend usable on ``device``."""
-    if name is None or name == "auto":
-        name = os.environ.get(ENV_VAR, "").strip() or "auto"
-        if name == "auto":
-            name = auto_backend_name(device)
-    backend = get_backend(name)
-    if not backend.is_available(device):
-        usable = [n for n in list_backends() if _usable(n, device)]
-        raise ValueError(
-            f"scan backend {name!r} cannot run on {device.type} tensors; "
-            f"usable here: {usable} (or 'auto')")
-    return backend
+    return resolve_choice(name, device)[0]
 
 
 def op_backend(name: str, device: torch.device) -> str:
@@ -244,6 +255,7 @@ register_backend("triton", _load_triton)
 register_backend("numba", _load_numba)
 
 __all__ = ["ScanBackend", "register_backend", "list_backends", "get_backend",
-           "resolve_backend", "op_backend", "run_backend", "chosen_automatically",
+           "resolve_backend", "resolve_choice", "op_backend", "run_backend",
+           "chosen_automatically",
            "auto_backend_name", "triton_unsupported", "numba_unsupported", "triton_usable", "MIN_TRITON",
            "MIN_CAPABILITY", "ENV_VAR"]

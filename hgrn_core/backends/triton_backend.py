@@ -34,7 +34,11 @@ class TritonBackend(ScanBackend):
     description = "fused Triton kernels (CUDA; CPU only under TRITON_INTERPRET=1)"
 
     def __init__(self):
+        # imports triton (the backend is made on first use); the modules are kept, not
+        # imported per call (an import statement costs a few us of host time)
+        from ..kernels import triton_hgru, triton_norm_gate
         self._k = _kernels()
+        self._hgru, self._norm_gate = triton_hgru, triton_norm_gate
 
     def is_available(self, device):
         device = torch.device(device)
@@ -64,38 +68,32 @@ class TritonBackend(ScanBackend):
 
     # --- the HGRU core (hgrn::hgru): gates and scans fused ----------------------------------
     def hgru_forward(self, proj, lower_bound, theta_f, theta_r, h0, direction):
-        from ..kernels import triton_hgru  # imports triton
-        return triton_hgru.hgru_forward(proj, lower_bound, theta_f, theta_r, h0, direction)
+        return self._hgru.hgru_forward(proj, lower_bound, theta_f, theta_r, h0, direction)
 
     def hgru_backward(self, dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction):
-        from ..kernels import triton_hgru
-        return triton_hgru.hgru_backward(dh, dhN, proj, lower_bound, theta_f, theta_r, h0,
+        return self._hgru.hgru_backward(dh, dhN, proj, lower_bound, theta_f, theta_r, h0,
                                          direction)
 
     # --- the 2-D HGRU core (hgrn::hgru2d): the same kernels along rows and columns in place --
     # (a grid too large for the kernels' int32 offsets / launch limits, far beyond any vision
     # model's, takes the base class's composition)
     def hgru2d_forward(self, proj, lower_bound, theta_f, theta_r, grid_width, direction):
-        from ..kernels import triton_hgru
-        if not triton_hgru.grid_fits(proj.shape[1], proj.shape[2], grid_width):
+        if not self._hgru.grid_fits(proj.shape[1], proj.shape[2], grid_width):
             return super().hgru2d_forward(proj, lower_bound, theta_f, theta_r, grid_width,
                                           direction)
-        return triton_hgru.hgru2d_forward(proj, lower_bound, theta_f, theta_r, grid_width,
+        return self._hgru.hgru2d_forward(proj, lower_bound, theta_f, theta_r, grid_width,
                                           direction)
 
     def hgru2d_backward(self, dh, proj, lower_bound, theta_f, theta_r, grid_width, direction):
-        from ..kernels import triton_hgru
-        if not triton_hgru.grid_fits(proj.shape[1], proj.shape[2], grid_width):
+        if not self._hgru.grid_fits(proj.shape[1], proj.shape[2], grid_width):
             return super().hgru2d_backward(dh, proj, lower_bound, theta_f, theta_r,
                                            grid_width, direction)
-        return triton_hgru.hgru2d_backward(dh, proj, lower_bound, theta_f, theta_r,
+        return self._hgru.hgru2d_backward(dh, proj, lower_bound, theta_f, theta_r,
                                            grid_width, direction)
 
     # --- fused output path: LayerNorm(h) * SiLU(gate) ---------------------------------------
     def norm_gate_forward(self, h, gate, weight, bias, eps):
-        from ..kernels import triton_norm_gate  # imports triton
-        return triton_norm_gate.norm_gate_forward(h, gate, weight, bias, eps)
+        return self._norm_gate.norm_gate_forward(h, gate, weight, bias, eps)
 
     def norm_gate_backward(self, dy, h, gate, weight, bias, mean, rstd, eps):
-        from ..kernels import triton_norm_gate
-        return triton_norm_gate.norm_gate_backward(dy, h, gate, weight, bias, mean, rstd, eps)
+        return self._norm_gate.norm_gate_backward(dy, h, gate, weight, bias, mean, rstd, eps)

@@ -64,7 +64,7 @@ def fake_gpu(arch: int):
     created in ``device='cuda'`` are fake, and the interpreter is off for the wrappers."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from . import triton_norm_gate
+    from . import triton_hgru, triton_norm_gate
     name, sms = ARCHS[arch]
     props = SimpleNamespace(name=name, major=arch // 10, minor=arch % 10,
                             multi_processor_count=sms, total_memory=80 << 30)
@@ -73,7 +73,9 @@ def fake_gpu(arch: int):
                    current_device=lambda: 0)
     saved = {k: getattr(torch.cuda, k) for k in patches}
     env = os.environ.pop("TRITON_INTERPRET", None)
-    triton_norm_gate._sm_count.cache_clear()  # lru_cached SM count: per fake GPU
+    # kept per device: the SM count, the launch configurations (per fake GPU)
+    triton_norm_gate._sm_count.cache_clear()
+    triton_hgru.clear_launch_configs()
     try:
         for k, v in patches.items():
             setattr(torch.cuda, k, v)
@@ -83,6 +85,7 @@ def fake_gpu(arch: int):
         for k, v in saved.items():
             setattr(torch.cuda, k, v)
         triton_norm_gate._sm_count.cache_clear()
+        triton_hgru.clear_launch_configs()
         if env is not None:
             os.environ["TRITON_INTERPRET"] = env
 

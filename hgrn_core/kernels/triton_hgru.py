@@ -73,7 +73,6 @@ Per-channel sums (dlb, dtheta) are per-program partials reduced in torch (determ
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional, Tuple
 
@@ -82,7 +81,7 @@ import triton
 import triton.language as tl
 
 from . import triton_hgru_configs
-from .launch_overrides import LaunchOverrides
+from .launch_overrides import LaunchOverrides, cdiv as _cdiv, next_pow2 as _pow2
 from .triton_hgru_bwd import _hgru_bwd_kernel
 from .triton_hgru_fwd import _hgru_fwd_kernel
 
@@ -114,10 +113,6 @@ MIN_TILES_PER_SEG = 8    # segments shorter than this many tiles are not worth a
 WARPS_PER_SM = 8         # resident warps per SM wanted before sequences are split
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
-
-
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -146,8 +141,8 @@ class _Cfg:
         self.vec = min(c["vec"], self.block_d)
         self.on_gpu = on_gpu
         self.prefetch = bool(c["prefetch"])
-        self.n_dblk = triton.cdiv(d, self.block_d)
-        self.n_tiles = triton.cdiv(N, self.block_t)
+        self.n_dblk = _cdiv(d, self.block_d)
+        self.n_tiles = _cdiv(N, self.block_t)
         S = _OVERRIDE.get("segments") if segmented else 1
         if S is None:
             S = 1
@@ -157,11 +152,45 @@ class _Cfg:
                 target = WARPS_PER_SM * sms // self.num_warps
             programs = B * self.n_dblk
             if target and programs < target:
-                S = max(1, min(triton.cdiv(target, programs),
+                S = max(1, min(_cdiv(target, programs),
                                self.n_tiles // MIN_TILES_PER_SEG))
         S = max(1, min(int(S), self.n_tiles))
-        self.tps = triton.cdiv(self.n_tiles, S)
-        self.n_seg = triton.cdiv(self.n_tiles, self.tps)  # no empty segment
+        self.tps = _cdiv(self.n_tiles, S)
+        self.n_seg = _cdiv(self.n_tiles, self.tps)  # no empty segment
+
+
+# The wrappers' launch configurations, kept per key: the wrappers ask on every call, and a
+# _Cfg (table lookup, the GPU's capability and SM count, the segment choice) costs tens of us
+# of host time. A configuration is a function of the key, the device's properties and the
+# configuration file (in the key, with its mtime); with parameters forced (override_config:
+# tests, tuning) it is computed afresh. The cached objects are never modified.
+# offline_compile's fake GPUs, whose properties change within a process, clear the cache.
+_CONFIGS: dict = {}
+MAX_CONFIGS = 1024  # distinct shapes kept; past that the cache starts over
+
+
+def clear_launch_configs() -> None:
+    _CONFIGS.clear()
+
+
+def _config_file():
+    path = os.environ.get(triton_hgru_configs.ENV_VAR, "").strip()
+    return (path, os.path.getmtime(path)) if path else None
+
+
+def _launch_config(B: int, N: int, d: int, device: torch.device, bwd: bool,
+                   segmented: bool = True) -> _Cfg:
+    """``_Cfg(B, N, d, device, bwd, segmented)``, computed once per key."""
+    if _OVERRIDE:
+        return _Cfg(B, N, d, device, bwd, segmented)
+    on_gpu = device.type == "cuda" and not _interpreting()
+    key = (B, N, d, device, bwd, segmented, on_gpu, _config_file() if on_gpu else None)
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        if len(_CONFIGS) >= MAX_CONFIGS:
+            _CONFIGS.clear()
+        cfg = _CONFIGS[key] = _Cfg(B, N, d, device, bwd, segmented)
+    return cfg
 
 
 def _acc(dtype: torch.dtype):
@@ -296,7 +325,7 @@ def hgru_forward(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optional[
     dev = proj.device
     acc_t = _acc_torch(proj.dtype)
     do_f, do_r, both = walks(direction)
-    cfg = _Cfg(B, N, d, dev, bwd=False)
+    cfg = _launch_config(B, N, d, dev, bwd=False)
     h = torch.empty(B, N, W, device=dev, dtype=proj.dtype)
     hN = torch.zeros(B, W, device=dev, dtype=acc_t)
     lb, thf, thr, h0c = _vec(lower_bound), _vec(theta_f), _vec(theta_r), _vec(h0)
@@ -333,7 +362,7 @@ def hgru_backward(dh: Tensor, dhN: Optional[Tensor], proj: Tensor,
     main_rev = direction != "reverse"
     if both:
         dhN = None  # hN is zeros for 'both': it does not depend on the inputs
-    cfg = _Cfg(B, N, d, dev, bwd=True)
+    cfg = _launch_config(B, N, d, dev, bwd=True)
     S = cfg.n_seg
     dproj = torch.empty(B, N, W + d, device=dev, dtype=proj.dtype)
     lb, thf, thr, h0c, gN = (_vec(lower_bound), _vec(theta_f), _vec(theta_r), _vec(h0),
@@ -417,7 +446,7 @@ def hgru2d_forward(proj: Tensor, lower_bound: Optional[Tensor], theta_f: Optiona
     for accumulate, b0, b1, G, L, inner, step in _grid_passes(B, N, grid_width):
         p, hc = proj[b0:b1], h[b0:b1]
         seqs = (b1 - b0) * G
-        cfg = _Cfg(seqs, L, d, dev, bwd=False, segmented=False)
+        cfg = _launch_config(seqs, L, d, dev, bwd=False, segmented=False)
         args = dict(
             P=p, **_seq_strides(p, "p", inner, step), H=hc, **_seq_strides(hc, "h", inner, step),
             HN=hc, H0=hc, LB=lb if lb is not None else hc,
@@ -457,7 +486,7 @@ def hgru2d_backward(dh: Tensor, proj: Tensor, lower_bound: Optional[Tensor],
     for accumulate, b0, b1, G, L, inner, step in _grid_passes(B, N, grid_width):
         p, g, dp = proj[b0:b1], dh[b0:b1], dproj[b0:b1]
         seqs = (b1 - b0) * G
-        cfg = _Cfg(seqs, L, d, dev, bwd=True, segmented=False)
+        cfg = _launch_config(seqs, L, d, dev, bwd=True, segmented=False)
 
         def part(t):
             return dp if t is None else t[r0:r0 + seqs]

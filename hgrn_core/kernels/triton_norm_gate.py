@@ -48,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch_overrides import LaunchOverrides
+from .launch_overrides import LaunchOverrides, cdiv, next_pow2
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -201,7 +201,7 @@ def _vec(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 def _block_m(M: int, block_w: int, elems: int, least: int = 1) -> int:
     bm = _OVERRIDE.get("block_m") or max(least, elems // block_w)
-    return max(1, min(bm, triton.next_power_of_2(max(M, 1))))
+    return max(1, min(bm, next_pow2(max(M, 1))))
 
 
 def _num_warps(block_m: int, block_w: int, per_thread: int) -> int:
@@ -238,9 +238,9 @@ def norm_gate_forward(h: torch.Tensor, gate: torch.Tensor, weight: Optional[torc
     rstd = torch.empty((B, N), device=h.device, dtype=acc)
     if M == 0:
         return y, mean, rstd
-    block_w = triton.next_power_of_2(W)
+    block_w = next_pow2(W)
     bm = _block_m(M, block_w, TILE_ELEMS_FWD, FWD_MIN_BLOCK_M)
-    _norm_gate_fwd_kernel[(triton.cdiv(M, bm),)](
+    _norm_gate_fwd_kernel[(cdiv(M, bm),)](
         H=h, G=gate,
         WEIGHT=weight if weight is not None else h,
         BIAS=bias if bias is not None else h,
@@ -271,11 +271,11 @@ def norm_gate_backward(dy: torch.Tensor, h: torch.Tensor, gate: torch.Tensor,
     if M == 0:
         z = torch.zeros(W, device=h.device, dtype=acc)
         return dh, dg, (z if has_w else None), (z.clone() if has_b else None)
-    block_w = triton.next_power_of_2(W)
+    block_w = next_pow2(W)
     bm = _block_m(M, block_w, TILE_ELEMS_BWD)
-    rpp = _OVERRIDE.get("rows_per_program") or triton.cdiv(M, _bwd_programs(h.device))
-    rpp = triton.cdiv(max(rpp, 1), bm) * bm
-    n_prog = triton.cdiv(M, rpp)
+    rpp = _OVERRIDE.get("rows_per_program") or cdiv(M, _bwd_programs(h.device))
+    rpp = cdiv(max(rpp, 1), bm) * bm
+    n_prog = cdiv(M, rpp)
     dw_part = torch.empty((n_prog, W), device=h.device, dtype=acc) if has_w else None
     db_part = torch.empty((n_prog, W), device=h.device, dtype=acc) if has_b else None
     _norm_gate_bwd_kernel[(n_prog,)](

@@ -19,8 +19,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .triton_hgru import (_Cfg, _acc_torch, _launch, _scratch, _seq_strides, _shape_args, _vec,
-                          walks)
+from .triton_hgru import (_acc_torch, _launch, _launch_config, _scratch, _seq_strides,
+                          _shape_args, _vec, walks)
 from .triton_hgru_bwd import _hgru_bwd_kernel
 from .triton_hgru_fwd import _hgru_fwd_kernel
 
@@ -69,7 +69,7 @@ def scan_forward(u: Tensor, v: Optional[Tensor], lam: Tensor, theta_f: Optional[
     dev = u.device
     acc_t = _acc_torch(u.dtype)
     do_f, do_r, both = walks(direction)
-    cfg = _Cfg(B, N, D, dev, bwd=False)
+    cfg = _launch_config(B, N, D, dev, bwd=False)
     hr = torch.empty(B, N, D, device=dev, dtype=u.dtype)
     hi = hr if real else torch.empty_like(hr)
     hN = torch.zeros(B, W, device=dev, dtype=acc_t)
@@ -102,7 +102,7 @@ def scan_backward(gr: Tensor, gi: Optional[Tensor], gN: Optional[Tensor], u: Ten
     do_f, do_r, both = walks(direction)
     if both:
         gN = h0 = None  # 'both' has neither an initial nor a final state
-    cfg = _Cfg(B, N, D, dev, bwd=True)
+    cfg = _launch_config(B, N, D, dev, bwd=True)
     S = cfg.n_seg
     du = torch.empty(B, N, D, device=dev, dtype=u.dtype)
     dv = du if real else torch.empty_like(du)

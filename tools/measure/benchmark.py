@@ -23,7 +23,9 @@
 * Reports: ``--report gpu OUTDIR [--quick]`` (every GPU goal of issue 9 in one run,
   ``gpu_report.py``), ``--report tune-hgru OUTDIR`` (the fused HGRU kernel's launch
   configurations on a GPU, ``tune_hgru.py``), ``--report gpu-profile OUTDIR`` (host and GPU
-  time per op and model step, profiler tables, ``gpu_profile.py``), ``--report saved-activations [OUTDIR]
+  time per op and model step, profiler tables, ``gpu_profile.py``), ``--report host-overhead``
+  (host microseconds per call of each layer of the ops, kernels stubbed; runs on the CPU,
+  ``host_overhead.py``), ``--report saved-activations [OUTDIR]
   [--cpu-speed]`` (the CPU activation-memory measure, ``saved_activations.py``); the
   arguments after the report's name go to that report (``--report gpu --help``).
 """
@@ -443,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # report name -> module (in tools/measure/, installed as hgrn_tools.measure) whose main(argv) runs it
 REPORTS = {"gpu": "gpu_report", "gpu-profile": "gpu_profile",
-           "saved-activations": "saved_activations", "tune-hgru": "tune_hgru"}
+           "saved-activations": "saved_activations", "tune-hgru": "tune_hgru",
+           "host-overhead": "host_overhead"}
 
 
 def run_report(argv: Sequence[str]) -> Optional[int]:

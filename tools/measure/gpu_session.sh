@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The measurement of one lent GPU session, in one command (about 9 minutes on one H100/H200):
-#   (0) where the time goes: host and GPU time per op and model step, profiler tables,
+#   (0) where the time goes: host and GPU time per op and model step, profiler tables, and
+#       the host microseconds of each layer of one op call (host_overhead.py),
 #   (a) the GPU report at the current code (GPU tests, goal points, op bandwidth, fla, a sweep
 #       cut to its budget),
 #   (b) the fused HGRU kernel's launch-configuration sweep,
@@ -29,6 +30,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 log "(0) profile"
 timeout -k 5 90 $PY -m hgrn_tools.measure.gpu_profile "$OUT/profile"
 log "(0) exit $?"
+timeout -k 5 60 $PY -m hgrn_tools.measure.host_overhead --device cuda --iters 100 --repeat 5 \
+    --json "$OUT/profile/host_overhead.json" | tee "$OUT/profile/host_overhead.txt"
+log "(0) host overhead exit $?"
 
 log "(a) report before tuning"
 timeout -k 5 240 $PY -m hgrn_tools.measure.gpu_report "$OUT/before" --budget 180 --test-timeout 120
