@@ -1,5 +1,6 @@
-"""ONNX export of the hgrn models: translations of ``hgrn::hgru`` and ``hgrn::norm_gate``
-into standard ONNX operators, for both of ``torch.onnx.export``'s exporters.
+"""ONNX export of the hgrn models: translations of ``hgrn::hgru``, ``hgrn::hgru2d`` and
+``hgrn::norm_gate`` into standard ONNX operators, for both of ``torch.onnx.export``'s
+exporters.
 
     from hgrn_core.onnx_export import export_onnx, onnx_translation_table
     program = export_onnx(model, torch.randn(2, 3, 224, 224), "model.onnx")
@@ -54,6 +55,16 @@ transposes inputs scanned over another axis); another ``Gather`` brings the stat
 token order, summing the two directions for ``'both'``.
 
 The math runs in fp32 (inputs in another dtype are cast; fp64 is not supported).
+
+``hgrn::hgru2d`` (the 2-D HGRU over a patch grid of width ``grid_width``) is the 1-D
+translation above run on the grid's rows, ``proj`` reshaped to (B * H, Wg, P), and on its
+columns, transposed to (B, Wg, H, P) and reshaped to (B * Wg, H, P), with the same
+direction; the column states are transposed back and the two summed (in fp32). H = N / Wg
+and the rest are read from shapes at run time; the width is an int, or with a dynamic
+image size a value (torch.export: a SymInt; the TorchScript exporter: the ONNX function's
+last input), so one graph serves every image size. (``torch.jit.trace``, which the
+TorchScript exporter runs, would record the op's int width as a constant: traced, the
+``HGRU2d`` mixer calls ``hgrn::hgru`` on its rows and columns itself.)
 
 ``hgrn::norm_gate`` is ``LayerNormalization`` (its Mean / InvStdDev outputs are the op's
 (B, N) statistics) times ``g * Sigmoid(g)`` of the gate.
@@ -171,8 +182,9 @@ def _impl() -> Dict[str, Any]:
 
     # ---------------------------------------------------------------- hgrn::hgru
     def hgru(proj, lower_bound=None, theta_f=None, theta_r=None, h0=None,
-             direction: str = "both", backend: str = "auto"):
-        """ONNX translation of ``hgrn::hgru`` (the backend argument is irrelevant here).
+             direction: str = "both", backend: str = "auto", *, final_state: bool = True):
+        """ONNX translation of ``hgrn::hgru`` (the backend argument is irrelevant here);
+        ``final_state=False`` returns ``h`` alone (the 2-D translation has no use for it).
 
         Layout: time first. A direction walks the tokens in its order p = 0..N-1 (the
         reverse one from the end); walk position p = k C + j sits at [j, dir, k] of the
@@ -276,6 +288,8 @@ def _impl() -> Dict[str, Any]:
         out = (op.ReduceSum(out, const_i64([0]), keepdims=0) if D == 2
                else op.Squeeze(out, const_i64([0])))
         out = op.Transpose(out, perm=[1, 0, 2])                               # (B, N, W)
+        if not final_state:
+            return op.CastLike(out, proj)
         if direction == "both":  # no running state: the op returns zeros
             final = op.Expand(zero(), op.Concat(op.Shape(p, start=1, end=2),
                                                 op.Shape(flat, start=2), axis=0))
@@ -297,7 +311,41 @@ def _impl() -> Dict[str, Any]:
         last = const_i64([-1])
         return op.CastLike(y, h), op.Squeeze(mean, last), op.Squeeze(rstd, last)
 
-    _cache.update(hgru=hgru, norm_gate=norm_gate)
+    # ---------------------------------------------------------------- hgrn::hgru2d
+    def hgru2d(proj, lower_bound=None, theta_f=None, theta_r=None, grid_width=1,
+               direction: str = "both", backend: str = "auto"):
+        """ONNX translation of ``hgrn::hgru2d``: the 1-D translation on the grid's rows
+        (B * H, Wg, P) and on its columns (B * Wg, H, P), with the same direction, summed.
+
+        ``grid_width`` is an int (a static image size) or an INT64 scalar value (the
+        exporters' dynamic width): H = N / Wg and everything else is read from shapes at
+        run time, so one graph serves every image size."""
+        if direction not in ("forward", "both"):
+            raise ValueError(f"hgrn::hgru2d: direction must be 'forward' or 'both', got "
+                             f"{direction!r}")
+        i64 = ir.DataType.INT64
+        if isinstance(grid_width, int):
+            wg = const_i64([grid_width])
+        else:
+            if getattr(grid_width, "dtype", None) != i64:
+                grid_width = op.Cast(grid_width, to=i64)
+            wg = op.Reshape(grid_width, const_i64([1]))                       # [Wg]
+        # in fp32 throughout: the two axes are summed before the one cast back
+        p = to_float(proj)                                                    # (B, N, P)
+        b_, p_ = op.Shape(p, start=0, end=1), op.Shape(p, start=2)
+        grid = op.Reshape(p, op.Concat(b_, const_i64([-1]), wg, p_, axis=0))  # (B, H, Wg, P)
+        h_ = op.Shape(grid, start=1, end=2)
+        rows = op.Reshape(grid, op.Concat(const_i64([-1]), wg, p_, axis=0))   # (B * H, Wg, P)
+        cols = op.Reshape(op.Transpose(grid, perm=[0, 2, 1, 3]),
+                          op.Concat(const_i64([-1]), h_, p_, axis=0))         # (B * Wg, H, P)
+        h_rows = hgru(rows, lower_bound, theta_f, theta_r, None, direction, final_state=False)
+        h_cols = hgru(cols, lower_bound, theta_f, theta_r, None, direction, final_state=False)
+        tokens = op.Concat(b_, const_i64([-1]), op.Shape(h_rows, start=2), axis=0)  # (B, N, W)
+        h_cols = op.Transpose(op.Reshape(h_cols, op.Concat(b_, wg, h_, const_i64([-1]), axis=0)),
+                              perm=[0, 2, 1, 3])                              # (B, H, Wg, W)
+        return op.CastLike(op.Add(op.Reshape(h_rows, tokens), op.Reshape(h_cols, tokens)), proj)
+
+    _cache.update(hgru=hgru, hgru2d=hgru2d, norm_gate=norm_gate)
     return _cache
 
 
@@ -305,9 +353,11 @@ def onnx_translation_table() -> Dict[Any, Any]:
     """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``: the hgrn
     ops to their ONNX translations (imports onnxscript)."""
     import hgrn_core.hgru_op  # noqa: F401  (registers torch.ops.hgrn.*)
+    import hgrn_core.hgru2d_op  # noqa: F401
     import hgrn_core.norm_gate_op  # noqa: F401
     impl = _impl()
     return {torch.ops.hgrn.hgru.default: impl["hgru"],
+            torch.ops.hgrn.hgru2d.default: impl["hgru2d"],
             torch.ops.hgrn.norm_gate.default: impl["norm_gate"]}
 
 
@@ -419,11 +469,14 @@ def _function(op: str, present: Tuple[str, ...], attrs: Dict[str, Any], opset: i
     import onnx_ir as ir
     from onnxscript import evaluator
     signature = {"hgru": ("proj", "lower_bound", "theta_f", "theta_r", "h0"),
+                 "hgru2d": ("proj", "lower_bound", "theta_f", "theta_r", "grid_width"),
                  "norm_gate": ("h", "gate", "weight", "bias")}[op]
     inputs = {n: ir.Value(name=n) for n in present}
     recorder = _Recorder()
     with evaluator.default_as(recorder):
         outs = impl[op](*(inputs.get(n) for n in signature), **attrs)
+    if not isinstance(outs, (tuple, list)):  # hgru2d: one output
+        outs = (outs,)
     tags = [f"{k}_{v}".replace(".", "p").replace("-", "m") for k, v in sorted(attrs.items())
             if k in ("direction", "eps")]
     name = "_".join([op, *tags, *present])
@@ -488,6 +541,26 @@ def _hgru_symbolic(g, proj, lower_bound, theta_f, theta_r, h0, direction, backen
     return _typed(h, proj, 3, W), _typed(final, proj, 2, W, torch.float32)
 
 
+def _hgru2d_symbolic(g, proj, lower_bound, theta_f, theta_r, grid_width, direction, backend):
+    """hgrn::hgru2d for the TorchScript exporter: a call of the translation as an ONNX
+    function whose last input is the grid's width (a constant, or the traced image's width
+    when the export has a dynamic size), so one function serves every width."""
+    from torch.onnx import symbolic_helper as sh
+    _need_translation(g, "hgru2d")
+    direction = sh._maybe_get_const(direction, "s")
+    width = sh._maybe_get_const(grid_width, "i")
+    if not isinstance(width, torch._C.Value):
+        width = g.op("Constant", value_t=torch.tensor(int(width), dtype=torch.int64))
+    present, args = _symbolic_inputs(("proj", "lower_bound", "theta_f", "theta_r"),
+                                     (proj, lower_bound, theta_f, theta_r))
+    fn = _function("hgru2d", present + ("grid_width",), {"direction": direction}, g.opset)
+    h = g.onnxscript_op(fn, *args, width, outputs=1)
+    P, W = _last_dim(proj), None
+    if P is not None:  # as hgrn::hgru
+        W = P - P // (3 if ("theta_f" in present or "theta_r" in present) else 2)
+    return _typed(h, proj, 3, W)
+
+
 def _norm_gate_symbolic(g, h, gate, weight, bias, eps, backend):
     """hgrn::norm_gate for the TorchScript exporter: a call of the translation as an ONNX
     function."""
@@ -502,8 +575,8 @@ def _norm_gate_symbolic(g, h, gate, weight, bias, eps, backend):
 
 
 def register_torchscript_symbolics() -> bool:
-    """Register the symbolic functions of ``hgrn::hgru`` and ``hgrn::norm_gate`` with the
-    TorchScript exporter (``torch.onnx.export(..., dynamo=False)``), at opset 18 and up.
+    """Register the symbolic functions of ``hgrn::hgru``, ``hgrn::hgru2d`` and
+    ``hgrn::norm_gate`` with the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``), at opset 18 and up.
     Cheap (imports neither onnx nor onnxscript). Returns False where that exporter is gone."""
     register = getattr(torch.onnx, "register_custom_op_symbolic", None)
     if register is None:
@@ -511,6 +584,7 @@ def register_torchscript_symbolics() -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the TorchScript exporter is deprecated
         register("hgrn::hgru", _hgru_symbolic, MIN_OPSET)
+        register("hgrn::hgru2d", _hgru2d_symbolic, MIN_OPSET)
         register("hgrn::norm_gate", _norm_gate_symbolic, MIN_OPSET)
     return True
 
@@ -523,6 +597,15 @@ def _torchlib_hgru(proj, lower_bound=None, theta_f=None, theta_r=None, h0=None,
                    direction: str = "both", backend: str = "auto"):
     """hgrn::hgru, as registered in onnxscript's torch_lib (see ``_impl``)."""
     return _impl()["hgru"](proj, lower_bound, theta_f, theta_r, h0, direction, backend)
+
+
+def _torchlib_hgru2d(proj, lower_bound=None, theta_f=None, theta_r=None, grid_width=1,
+                     direction: str = "both", backend: str = "auto"):
+    """hgrn::hgru2d, as registered in onnxscript's torch_lib (see ``_impl``). ``grid_width``
+    is left unannotated: an input, so a dynamic width (a SymInt: an INT64 scalar value)
+    and a static one (an int) both reach the translation."""
+    return _impl()["hgru2d"](proj, lower_bound, theta_f, theta_r, grid_width, direction,
+                             backend)
 
 
 def _torchlib_norm_gate(h, gate, weight=None, bias=None, eps: float = 1e-5,
@@ -538,7 +621,8 @@ def register_dynamo_translations(registration=None) -> None:
         import importlib
         registration = importlib.import_module(TORCHLIB_REGISTRATION)
     registry = registration.default_registry
-    for name, fn in (("hgrn::hgru", _torchlib_hgru), ("hgrn::norm_gate", _torchlib_norm_gate)):
+    for name, fn in (("hgrn::hgru", _torchlib_hgru), ("hgrn::hgru2d", _torchlib_hgru2d),
+                     ("hgrn::norm_gate", _torchlib_norm_gate)):
         if name not in registry:
             registration.torch_op(name, trace_only=True)(fn)
 

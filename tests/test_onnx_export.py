@@ -1,5 +1,6 @@
-"""ONNX export: the translations of hgrn::hgru / hgrn::norm_gate (hgrn_core.onnx_export)
-run with onnxruntime against the ops and the eager model; the hgrn-export command line.
+"""ONNX export: the translations of hgrn::hgru / hgrn::hgru2d / hgrn::norm_gate
+(hgrn_core.onnx_export) run with onnxruntime against the ops and the eager models (1-D and
+2-D); the hgrn-export command line.
 
 Tolerance: fp32, CPU, relative error max |onnx - torch| / max |torch| <= 1e-4 (the
 translations reach ~1e-6 here)."""
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 import hgrn_core.hgru_op  # noqa: F401  registers torch.ops.hgrn.*
+import hgrn_core.hgru2d_op  # noqa: F401
 import hgrn_core.norm_gate_op  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore:# The axis name:UserWarning")
@@ -101,6 +103,119 @@ def test_exported_graph_is_standard_onnx_with_dynamic_axes(tiny_export):
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert [bool(d.dim_param) for d in dims] == [True, False, True, True]   # B, 3, H, W
     assert dims[1].dim_value == 3
+
+
+# ------------------------------------------------------------------ the 2-D model (hgru2d)
+def randomize(model):
+    """Non-trivial lower bounds and phases (the init is all ones / fixed)."""
+    with torch.no_grad():
+        model.lower_bound.logits.normal_()
+        for blk in model.blocks:
+            blk.mixer.theta_forward.uniform_(-3, 3)
+            blk.mixer.theta_reverse.uniform_(-3, 3)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny2d():
+    import timm
+    import hgrn_vision  # noqa: F401
+    torch.manual_seed(2)
+    return randomize(timm.create_model("hgrn2d_deit_tiny", **TINY).eval())
+
+
+# H != W everywhere: a grid read with its sides swapped (rows for columns) cannot pass
+CASES_2D = [(2, 56, 70), (3, 98, 42), (1, 28, 42)]
+
+
+def test_2d_model_export_matches_eager(tmp_path, tiny2d):
+    """torch.export based (hgrn-export's route): dynamic batch and image size, the grid's
+    width a SymInt reaching the hgru2d translation; standard ONNX only."""
+    ort = need_onnx()
+    import onnx
+    from hgrn_core.onnx_export import export_onnx
+    path = str(tmp_path / "tiny2d.onnx")
+    export_onnx(tiny2d, torch.randn(2, 3, 56, 70), path)
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]
+    check_against_eager(ort, tiny2d, path, CASES_2D)
+
+
+def test_2d_model_torchscript_exporter_dynamic_size(tmp_path, tiny2d):
+    """timm's call (the TorchScript exporter, dynamic batch, height and width): traced, the
+    mixer runs the 1-D op on rows and columns reshaped with traced sizes, so the exported
+    graph is right at widths other than the traced one."""
+    ort = need_onnx()
+    import onnx
+    path = str(tmp_path / "tiny2d_ts.onnx")
+    torch.onnx.export(
+        tiny2d, torch.randn(1, 3, 56, 42), path, input_names=["input0"],
+        output_names=["output0"], opset_version=None, dynamo=False,
+        dynamic_axes={"input0": {0: "batch", 2: "height", 3: "width"}, "output0": {0: "batch"}})
+    onnx.checker.check_model(path, full_check=True)
+    check_against_eager(ort, tiny2d, path, [(1, 56, 42)] + CASES_2D)
+
+
+# ------------------------------------------------------------ hgrn::hgru2d, translated alone
+class Hgru2dOp(torch.nn.Module):
+    """``torch.ops.hgrn.hgru2d`` (reference backend) on tokens forming a grid as wide as
+    ``width`` is long: a SymInt exported (torch.export), a value read from a shape at run
+    time scripted (the TorchScript exporter)."""
+
+    def __init__(self, direction: str, complex_: bool, lower_bound: bool):
+        super().__init__()
+        self.direction, self.complex_, self.lb = direction, complex_, lower_bound
+
+    def forward(self, proj, lb, theta_f, theta_r, width):
+        c = self.complex_
+        return torch.ops.hgrn.hgru2d(
+            proj, lb if self.lb else None, theta_f if c else None,
+            theta_r if c and self.direction == "both" else None, width.shape[0],
+            self.direction, "reference")
+
+
+def hgru2d_inputs(B, H, Wg, d, complex_, gen):
+    proj = hgru_inputs(B, H * Wg, d, complex_, gen)[0]
+    return (proj, torch.rand(d, generator=gen) * 0.9, torch.randn(d, generator=gen) * 2,
+            torch.randn(d, generator=gen) * 2, torch.zeros(Wg))
+
+
+@pytest.mark.parametrize("exporter, direction, complex_, lower_bound", [
+    ("dynamo", "both", True, True),        # the hgrn2d_deit mixer (the authors' BiHgru2d)
+    ("dynamo", "forward", True, False),    # their Hgru2d
+    ("dynamo", "both", False, True),       # their HgruReal2d
+    ("torchscript", "both", True, True),
+    ("torchscript", "forward", False, True),
+])
+def test_hgru2d_translation_matches_op(tmp_path, exporter, direction, complex_, lower_bound):
+    ort = need_onnx()
+    d = 5
+    module = Hgru2dOp(direction, complex_, lower_bound).eval()
+    gen = torch.Generator().manual_seed(3)
+    example = hgru2d_inputs(2, 3, 4, d, complex_, gen)
+    path = str(tmp_path / "hgru2d.onnx")
+    names = ["proj", "lb", "theta_f", "theta_r", "width"]
+    if exporter == "dynamo":
+        from torch.export import Dim
+        batch, tokens, width = Dim("batch"), Dim("tokens"), Dim("width")
+        export(module, example, ({0: batch, 1: tokens}, None, None, None, {0: width}), path)
+    else:
+        torch.onnx.export(torch.jit.script(module), example, path, input_names=names,
+                          dynamic_axes={"proj": {0: "batch", 1: "tokens"}, "width": {0: "w"}},
+                          dynamo=False)
+    sess = session(ort, path)
+    inputs = [i.name for i in sess.get_inputs()]
+    # the exported grid, its transpose, a single row / column, one token, a larger grid
+    for B, H, Wg in [(2, 3, 4), (1, 4, 3), (3, 1, 6), (2, 7, 1), (1, 1, 1), (2, 9, 11)]:
+        args = hgru2d_inputs(B, H, Wg, d, complex_, gen)
+        ref = module(*args)
+        feed = dict(zip(names, (a.numpy() for a in args)))
+        (h,) = sess.run(None, {n: feed[n] for n in inputs})
+        assert h.shape == tuple(ref.shape)
+        assert relative(h, ref) <= TOL, (B, H, Wg)
 
 
 # -------------------------------------------------------------- hgrn::hgru, translated alone
@@ -445,9 +560,11 @@ def test_import_registers_lazily(tmp_path):
         assert "onnxscript" not in sys.modules and "onnx" not in sys.modules
         from torch.onnx._internal.torchscript_exporter import registration as ts
         assert ts.registry.is_registered_op("hgrn::hgru", 18)
+        assert ts.registry.is_registered_op("hgrn::hgru2d", 18)
         assert ts.registry.is_registered_op("hgrn::norm_gate", 20)
         from onnxscript.function_libs.torch_lib import registration
         assert "hgrn::hgru" in registration.default_registry
+        assert "hgrn::hgru2d" in registration.default_registry
         assert "hgrn::norm_gate" in registration.default_registry
         print("ok")
     """)

@@ -17,6 +17,9 @@ of these functions of ``tests/test_models.py`` from timm's source distribution (
     test_model_forward_torchscript      (+ the scripted model gives the eager outputs)
     test_model_forward_fx_torchscript   (fx-traced, then scripted)
 
+Beyond timm's file: ``test_model_non_square_input`` (H != W, multiples of the patch: the
+2-D mixer reads the grid's width from the image) on one 1-D and one 2-D model.
+
 Sizes: timm's helper ``_get_input_size`` shrinks the default 224 px input to the cfg's
 ``min_input_size`` (112 px, a multiple of the patch); we use the same rule, and build the
 models with ``depth=2`` so the whole file stays fast on 2 CPU cores. Config checks run on
@@ -46,6 +49,13 @@ from timm.layers import get_channel_dim, get_spatial_dim
 from timm.models import get_notrace_functions, get_notrace_modules
 
 MODELS = list_models('hgrn*')
+# The 2-D models (hgru2d mixer) differ from each other in width only: the costlier tests
+# (scripting, fx, intermediates) and those the suite runs on one model (MODELS[-1:]) take
+# one of them; the quick ones take both.
+MODELS_2D = [m for m in MODELS if m.startswith('hgrn2d_')]
+ONE_2D = 'hgrn2d_deit_tiny'
+HEAVY = [m for m in MODELS if m not in MODELS_2D] + [ONE_2D]
+ONE_EACH = MODELS[-1:] + [ONE_2D]
 FAST = dict(depth=2, mixer_backend='torch')
 TARGET_FWD, TARGET_BWD, TARGET_FEAT, TARGET_FX, TARGET_JIT = 384, 128, 96, 128, 128
 
@@ -65,7 +75,8 @@ def _input_size(model_or_name, target=None):
 
 
 def test_models_registered():
-    assert MODELS == ['hgrn_deit_base', 'hgrn_deit_small', 'hgrn_deit_tiny']
+    assert MODELS == ['hgrn2d_deit_small', 'hgrn2d_deit_tiny',
+                      'hgrn_deit_base', 'hgrn_deit_small', 'hgrn_deit_tiny']
     assert set(MODELS) <= set(list_models('hgrn*', name_matches_cfg=True))
     assert not list_models('hgrn*', pretrained=True)  # no weights ship: load test not applicable
     assert not any(fnmatch.fnmatch(m, f) for m in MODELS for f in ('vit_*', 'deit*'))  # -> "std" tests
@@ -158,7 +169,7 @@ def test_model_default_cfgs(model_name):
     assert not [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-@pytest.mark.parametrize('model_name', MODELS[-1:])
+@pytest.mark.parametrize('model_name', ONE_EACH)
 def test_model_dtype_change_after_forward(model_name):
     model = create_model(model_name, **FAST).eval()
     x = torch.randn(1, 3, 28, 28)
@@ -186,7 +197,7 @@ def test_model_forward_features(model_name):
     assert len(full.feature_info.channels()) >= 3
 
 
-@pytest.mark.parametrize('model_name', MODELS)
+@pytest.mark.parametrize('model_name', HEAVY)
 def test_model_forward_intermediates(model_name):
     model = create_model(model_name, depth=3, mixer_backend='torch').eval()
     info = timm.models.FeatureInfo(model.feature_info, len(model.feature_info))
@@ -206,7 +217,7 @@ def test_model_forward_intermediates(model_name):
     assert [o.shape[1] for o in outs] == getter.feature_info.channels()
 
 
-@pytest.mark.parametrize('model_name', MODELS[-1:])
+@pytest.mark.parametrize('model_name', ONE_EACH)
 def test_prune_intermediate_layers_params_used(model_name):
     model = create_model(model_name, drop_rate=0.5, depth=3, mixer_backend='torch')
     x = torch.randn(2, 3, 28, 28)
@@ -231,7 +242,7 @@ def _fx_model(model, train=False):
                                     eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=kw)
 
 
-@pytest.mark.parametrize('model_name', MODELS)
+@pytest.mark.parametrize('model_name', HEAVY)
 def test_model_forward_fx(model_name):
     pytest.importorskip('torchvision')
     model = create_model(model_name, **FAST).eval()
@@ -242,7 +253,7 @@ def test_model_forward_fx(model_name):
     torch.testing.assert_close(fx_out, out, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('model_name', MODELS[-1:])
+@pytest.mark.parametrize('model_name', ONE_EACH)
 def test_model_backward_fx(model_name):
     pytest.importorskip('torchvision')
     model = create_model(model_name, num_classes=42, **FAST).train()
@@ -260,7 +271,7 @@ def _script(module):
         return torch.jit.script(module)
 
 
-@pytest.mark.parametrize('model_name', MODELS)
+@pytest.mark.parametrize('model_name', HEAVY)
 def test_model_forward_torchscript(model_name):
     size = _input_size(model_name, TARGET_JIT)
     assert size == (3, 112, 112)
@@ -275,7 +286,7 @@ def test_model_forward_torchscript(model_name):
         torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)  # beyond timm's test
 
 
-@pytest.mark.parametrize('model_name', MODELS)
+@pytest.mark.parametrize('model_name', HEAVY)
 def test_model_forward_fx_torchscript(model_name):
     pytest.importorskip('torchvision')
     with set_scriptable(True):
@@ -286,6 +297,37 @@ def test_model_forward_fx_torchscript(model_name):
     with torch.inference_mode():
         out = torch.cat(tuple(scripted(x).values()))
         torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('model_name', ['hgrn_deit_tiny', ONE_2D])
+def test_model_non_square_input(model_name):
+    """112 x 84 px (8 x 6 patches): features, intermediates, the scripted and the fx-traced
+    model all see the 8 x 6 grid and agree with eager."""
+    pytest.importorskip('torchvision')
+    size = (3, 112, 84)
+    x = torch.randn(1, *size)
+    torch.manual_seed(0)
+    small = dict(depth=3, embed_dim=64, mixer_backend='torch')
+    with set_scriptable(True):
+        model = create_model(model_name, **small)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        feats = model.forward_features(x)
+        assert feats.shape == (1, 8, 6, model.num_features)
+        final, inter = model.forward_intermediates(x)
+        assert [t.shape for t in inter] == [(1, model.num_features, 8, 6)] * 3
+        torch.testing.assert_close(final, feats)
+        torch.testing.assert_close(inter[-1], feats.permute(0, 3, 1, 2))
+        torch.testing.assert_close(_script(model)(x), out, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.cat(tuple(_fx_model(model)(x).values())), out,
+                                   rtol=1e-4, atol=1e-5)
+    torch.manual_seed(0)  # the same weights as model
+    getter = create_model(model_name, features_only=True, **small).eval()
+    with torch.no_grad():
+        outs = getter(x)
+    assert [o.shape for o in outs] == [(1, model.num_features, 8, 6)] * 3
+    torch.testing.assert_close(outs[-1], inter[-1])
 
 
 @pytest.mark.skipif(not os.environ.get('TIMM_TESTS_DIR'), reason='set TIMM_TESTS_DIR to timm sdist tests/')

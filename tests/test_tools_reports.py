@@ -114,6 +114,49 @@ def test_scan_handle_counts_the_formula(kw, op, per_token_channel):
     assert by_op["norm_gate"] == 5 * B * N * width  # LayerNorm(h) * SiLU(gate), as a norm
 
 
+class Hgru2dOp(nn.Module):
+    """``hgrn::hgru2d`` called as the op, on a grid of width 4."""
+
+    def __init__(self, direction, complex_):
+        super().__init__()
+        self.direction, self.complex_ = direction, complex_
+
+    def forward(self, proj, lb, theta_f, theta_r):
+        c, both = self.complex_, self.direction == "both"
+        return torch.ops.hgrn.hgru2d(proj, lb, theta_f if c else None,
+                                     theta_r if c and both else None, 4, self.direction, "torch")
+
+
+class OneMixer2d(nn.Module):
+    def __init__(self, dim, **kw):
+        super().__init__()
+        self.mixer = hgrn_core.HGRU2d(dim, **kw)
+
+    def forward(self, x):
+        return self.mixer(x, None, 4)
+
+
+@pytest.mark.parametrize("direction, complex_, per_token_channel", [
+    # rows and columns: twice the 1-D op's count for the same direction
+    ("both", True, 2 * (2 * (4 + 2) + 2)),
+    ("forward", True, 2 * (4 + 2)),
+    ("both", False, 2 * 2 * 1),
+    ("forward", False, 2 * 1),
+])
+def test_hgru2d_handle_counts_twice_the_1d_formula(direction, complex_, per_token_channel):
+    B, H, Wg, d = 2, 3, 4, 8
+    W = 2 * d if complex_ else d
+    args = (torch.randn(B, H * Wg, W + d), torch.rand(d), torch.randn(d), torch.randn(d))
+    fa = flops.analyse(Hgru2dOp(direction, complex_).eval(), args)
+    assert fa.by_operator()["hgru2d"] == per_token_channel * B * H * Wg * d
+    assert "hgrn::hgru2d" not in fa.unsupported_ops()
+    assert flops.hgru2d_macs(args[0].shape, complex_, direction) == per_token_channel * B * H * Wg * d
+    # the HGRU2d mixer, traced as fvcore traces: hgrn::hgru on its rows and its columns
+    mixer = OneMixer2d(d, causal=direction == "forward", complex_valued=complex_).eval()
+    by_op = flops.analyse(mixer, torch.randn(B, H * Wg, d)).by_operator()
+    assert by_op["hgru"] == per_token_channel * B * H * Wg * d and "hgru2d" not in by_op
+
+
 def test_scan_macs_function():
     assert flops.scan_macs("hgrn::bidirectional_scan", (2, 256, 192)) == 14 * 2 * 256 * 192
     assert flops.scan_macs("hgrn::complex_scan", (1, 5, 7)) == 6 * 35
@@ -177,6 +220,24 @@ def test_hgrn_deit_total_equals_hand_count(name, d, expect_gmacs):
     assert rec["macs"] == pytest.approx(hand, rel=0.01)
     assert rec["gmacs"] == pytest.approx(expect_gmacs, rel=0.05)   # docs/spec.md §4.1
     assert rec["macs_by_op"]["hgru"] == scan
+
+
+def test_hgrn2d_deit_total_is_the_1d_total_plus_the_column_scans():
+    """hgrn2d_deit_tiny is hgrn_deit_tiny with each block's scans run along the rows and the
+    columns: the same layers and parameters, one more 1-D scan count per block."""
+    _hgrn_models()  # imports hgrn_vision where it is installed
+    if "hgrn2d_deit_tiny" not in timm.list_models("hgrn2d*"):
+        pytest.skip("hgrn_vision does not register the 2-D models")
+    L, d, B, n = 3, 192, 2, (224 // 14) ** 2   # 3 blocks keep it quick; the rest as the model
+    one, two = (flops.measure(name, 224, B, model=flops.create_model(name, 224, depth=L))
+                for name in ("hgrn_deit_tiny", "hgrn2d_deit_tiny"))
+    extra = B * n * L * d * (2 * (4 + 2) + 2)      # bidirectional complex, per block
+    assert two["macs"] == one["macs"] + extra
+    assert two["params"] == one["params"]
+    # fvcore traces the model: each HGRU2d runs hgrn::hgru on its rows and its columns
+    assert two["macs_by_op"]["hgru"] == 2 * one["macs_by_op"]["hgru"] == 2 * extra
+    rest = lambda rec: {k: v for k, v in rec["macs_by_op"].items() if k != "hgru"}  # noqa: E731
+    assert rest(two) == rest(one)
 
 
 # --------------------------------------------------------------------------- flops CLI

@@ -1,9 +1,9 @@
 """TorchScript and torch.export of the hgrn models and mixers.
 
 ``torch.jit.script`` compiles every hgrn model: under scripting the HGRU calls its two ops
-directly (``torch.ops.hgrn.hgru`` / ``torch.ops.hgrn.norm_gate``, backend ``"auto"``
-resolved by the ops from the tensors' device), so the scripted model gives the eager
-outputs and gradients. Bad inputs keep their messages (TorchScript wraps them in
+directly (``torch.ops.hgrn.hgru`` or, 2-D, ``torch.ops.hgrn.hgru2d``, and
+``torch.ops.hgrn.norm_gate``; backend ``"auto"`` resolved by the ops from the tensors'
+device), so the scripted model gives the eager outputs and gradients. Bad inputs keep their messages (TorchScript wraps them in
 ``torch.jit.Error``, "... builtins.ValueError: <message>"). ``torch.export`` keeps each op
 as one node per block. Small models (width 32, depth 2, 56 px) keep this file fast.
 """
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import hgrn_vision  # noqa: F401  (registers the models)
-from hgrn_core import HGRU, hgru, norm_gate
+from hgrn_core import HGRU, HGRU2d, hgru, norm_gate
 from hgrn_core.backends import ENV_VAR
 from timm import create_model
 
@@ -25,9 +25,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:Futu
 TINY = dict(embed_dim=32, depth=2, img_size=56, num_classes=5)
 
 
-def _model(mixer_backend="auto", **kw):
+def _model(mixer_backend="auto", name="hgrn_deit_tiny", **kw):
     torch.manual_seed(0)
-    return create_model("hgrn_deit_tiny", mixer_backend=mixer_backend, **dict(TINY, **kw)).eval()
+    return create_model(name, mixer_backend=mixer_backend, **dict(TINY, **kw)).eval()
 
 
 def _script(module):
@@ -52,8 +52,11 @@ def _check_same_grads(eager, scripted, x, *args):
 
 
 # ----------------------------------------------------------------------- scripted models
-@pytest.mark.parametrize("kw", [dict(), dict(mixer="attention"), dict(mixer_backend="reference")],
-                         ids=["hgru-auto", "attention", "hgru-reference"])
+@pytest.mark.parametrize("kw", [dict(), dict(mixer="attention"), dict(mixer_backend="reference"),
+                                dict(name="hgrn2d_deit_tiny"),
+                                dict(name="hgrn2d_deit_tiny", mixer_backend="reference")],
+                         ids=["hgru-auto", "attention", "hgru-reference", "hgru2d-auto",
+                              "hgru2d-reference"])
 def test_scripted_model_equals_eager(kw):
     model = _model(**kw)
     scripted = _script(model)
@@ -61,7 +64,8 @@ def test_scripted_model_equals_eager(kw):
     with torch.no_grad():
         ref = model(x)
         torch.testing.assert_close(scripted(x), ref, rtol=0, atol=0)
-        # another image size (any multiple of the patch) and features
+        # another image size (any multiple of the patch; H != W: the 2-D grid's width
+        # comes from the image at run time) and features
         x2 = torch.randn(1, 3, 28, 42)
         torch.testing.assert_close(scripted(x2), model(x2), rtol=0, atol=0)
         torch.testing.assert_close(scripted.forward_features(x), model.forward_features(x))
@@ -93,6 +97,24 @@ def test_scripted_hgru_mixer_equals_eager(kw):
         torch.testing.assert_close(scripted(x, lb), mixer(x, lb), rtol=0, atol=0)
         torch.testing.assert_close(scripted(x), mixer(x), rtol=0, atol=0)
     _check_same_grads(mixer, scripted, x, lb)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(causal=True), dict(complex_valued=False)],
+                         ids=["bidirectional", "causal", "real"])
+def test_scripted_hgru2d_mixer_equals_eager(kw):
+    """The scripted HGRU2d calls hgrn::hgru2d with the grid width it is given."""
+    torch.manual_seed(0)
+    mixer = HGRU2d(16, **kw).eval()
+    scripted = _script(mixer)
+    x = torch.randn(2, 12, 16)
+    lb = torch.rand(16) * 0.9
+    with torch.no_grad():
+        for width in (3, 4, 12, 1):  # 4 x 3, 3 x 4, one row, one column
+            torch.testing.assert_close(scripted(x, lb, width), mixer(x, lb, width), rtol=0, atol=0)
+        assert not torch.allclose(mixer(x, lb, 3), mixer(x, lb, 4))  # the width matters
+    _check_same_grads(mixer, scripted, x, lb, 3)
+    msg = _same_error(lambda: mixer(x, lb, 5), lambda: scripted(x, lb, 5))
+    assert "grid_width" in msg and "12 tokens" in msg
 
 
 def test_ops_resolve_auto_at_run_time(monkeypatch):
@@ -151,25 +173,53 @@ def test_scripted_errors_are_readable():
 
 
 # ------------------------------------------------------------------- export, trace, counts
-@pytest.mark.parametrize("mixer", ["hgru", "attention"])
+@pytest.mark.parametrize("mixer", ["hgru", "attention", "hgru2d"])
 def test_export_keeps_one_op_per_block(mixer):
     model = _model(mixer=mixer)
-    x = torch.randn(2, 3, 56, 56)
+    x = torch.randn(2, 3, 56, 42)
     ep = torch.export.export(model, (x,))
     counts = collections.Counter(str(n.target) for n in ep.graph.nodes if n.op == "call_function")
-    per_block = TINY["depth"] if mixer == "hgru" else 0
-    assert counts["hgrn.hgru.default"] == per_block
+    scan = "hgrn.hgru2d.default" if mixer == "hgru2d" else "hgrn.hgru.default"
+    per_block = 0 if mixer == "attention" else TINY["depth"]
+    assert counts[scan] == per_block
     assert counts["hgrn.norm_gate.default"] == per_block
     assert not [k for k in counts if k.startswith("hgrn.") and k not in (
-        "hgrn.hgru.default", "hgrn.norm_gate.default")]
+        scan, "hgrn.norm_gate.default")]
     with torch.no_grad():
         torch.testing.assert_close(ep.module()(x), model(x), rtol=0, atol=0)
 
 
-def test_trace_equals_eager():
-    model = _model()
+@pytest.mark.parametrize("name", [
+    "hgrn_deit_tiny",
+    pytest.param("hgrn2d_deit_tiny", marks=pytest.mark.xfail(
+        raises=ValueError, strict=True,
+        reason="hgrn_core.hgru2d_op.check_grid refuses a SymInt grid width "
+               "(isinstance(grid_width, int)); torch.onnx.export gets past it through its "
+               "strict (dynamo) capture, where the width looks like an int")),
+])
+def test_export_with_dynamic_image_size(name):
+    """torch.export (non-strict, the default) with a dynamic batch, height and width: the
+    program is right at other sizes; for the 2-D model the grid width reaches
+    hgrn::hgru2d as a SymInt."""
+    from hgrn_core.onnx_export import image_dynamic_shapes
+    model = _model(name=name)
+    ep = torch.export.export(model, (torch.randn(2, 3, 56, 42),),
+                             dynamic_shapes=image_dynamic_shapes(model))
+    with torch.no_grad():
+        for shape in ((2, 3, 56, 42), (1, 3, 28, 70), (3, 3, 70, 28)):
+            x = torch.randn(*shape)
+            torch.testing.assert_close(ep.module()(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["hgrn_deit_tiny", "hgrn2d_deit_tiny"])
+def test_trace_equals_eager(name):
+    model = _model(name=name)
     x = torch.randn(2, 3, 56, 56)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, x)
         torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+        # at another size too: traced, HGRU2d runs hgrn::hgru on rows and columns reshaped
+        # with traced sizes (the op's int grid width would be recorded as a constant)
+        x2 = torch.randn(1, 3, 28, 70)
+        torch.testing.assert_close(traced(x2), model(x2), rtol=1e-5, atol=1e-6)

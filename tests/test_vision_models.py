@@ -16,6 +16,8 @@ from hgrn_vision import HgrnDeiT, checkpoint_filter_fn
 from timm.layers import DropPath
 
 VARIANTS = ['hgrn_deit_tiny', 'hgrn_deit_small', 'hgrn_deit_base']
+VARIANTS_2D = ['hgrn2d_deit_tiny', 'hgrn2d_deit_small']   # the same with the 2-D HGRU
+ONE_EACH = ['hgrn_deit_tiny', 'hgrn2d_deit_tiny']          # where the mixer matters
 SMALL = dict(embed_dim=32, depth=2, mixer_backend='torch')
 
 
@@ -27,8 +29,8 @@ def _small(name='hgrn_deit_tiny', **kw):
 
 # ------------------------------------------------------------------------------ registry
 def test_registered_with_default_cfgs():
-    assert set(VARIANTS) <= set(timm.list_models('hgrn*'))
-    for name in VARIANTS:
+    assert set(VARIANTS + VARIANTS_2D) <= set(timm.list_models('hgrn*'))
+    for name in VARIANTS + VARIANTS_2D:
         model = timm.create_model(name, depth=1)  # cfg only
         cfg = model.pretrained_cfg
         assert cfg['input_size'] == (3, 224, 224)
@@ -43,10 +45,23 @@ def test_registered_with_default_cfgs():
 
 
 # ------------------------------------------------------------------------------ architecture
-@pytest.mark.parametrize('name, expected', [('hgrn_deit_tiny', 6_107_560), ('hgrn_deit_small', 23_715_688)])
+@pytest.mark.parametrize('name, expected', [('hgrn_deit_tiny', 6_107_560), ('hgrn_deit_small', 23_715_688),
+                                            ('hgrn2d_deit_tiny', 6_107_560), ('hgrn2d_deit_small', 23_715_688)])
 def test_exact_parameter_counts(name, expected):
     model = timm.create_model(name, device='meta')  # shapes only, no allocation
     assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize('size', ['tiny', 'small'])
+def test_2d_model_is_the_1d_model_with_the_2d_mixer(size):
+    """Same parameter names and shapes (a checkpoint moves between them); only the mixers'
+    class differs."""
+    one = timm.create_model(f'hgrn_deit_{size}', device='meta')
+    two = timm.create_model(f'hgrn2d_deit_{size}', device='meta')
+    assert {n: p.shape for n, p in two.named_parameters()} == {n: p.shape for n, p in one.named_parameters()}
+    assert two.mixer_name == 'hgru2d'
+    assert all(type(b.mixer).__name__ == 'HGRU2d' for b in two.blocks)
+    assert all(type(b.mixer).__name__ == 'HGRU' for b in one.blocks)
 
 
 def test_base_parameter_count_by_formula():
@@ -71,7 +86,7 @@ def test_glu_is_silu_of_first_half_times_second_half():
     assert hidden == 64  # GLU width 2d by default
 
 
-@pytest.mark.parametrize('name', VARIANTS)
+@pytest.mark.parametrize('name', VARIANTS + VARIANTS_2D)
 def test_forward_backward_each_variant(name):
     model = timm.create_model(name, depth=2, num_classes=5, mixer_backend='torch').train()
     x = torch.randn(2, 3, 28, 42)
@@ -122,12 +137,47 @@ def test_lower_bound_rows_reach_blocks():
 
 
 # ------------------------------------------------------------------------------ input sizes
-def test_image_sizes_on_one_model():
-    model = _small(num_classes=4).eval()
+@pytest.mark.parametrize('name', ONE_EACH)
+def test_image_sizes_on_one_model(name):
+    model = _small(name, num_classes=4).eval()
     for hw in [(28, 28), (56, 56), (42, 70), (14, 14), (224, 28)]:
         assert model(torch.randn(1, 3, *hw)).shape == (1, 4)
         feats = model.forward_features(torch.randn(1, 3, *hw))
         assert feats.shape == (1, hw[0] // 14, hw[1] // 14, 32)
+
+
+def _symmetric_patches(model):
+    """Make the patch embedding's kernels symmetric (k[i, j] = k[j, i]): embedding a
+    transposed image then gives the transposed token grid."""
+    with torch.no_grad():
+        w = model.patch_embed.proj.weight
+        w.copy_((w + w.transpose(-1, -2)) / 2)
+    return model
+
+
+def test_2d_model_commutes_with_transposing_the_image():
+    """The 2-D HGRU sums the same scans along rows and along columns, so with symmetric
+    patch kernels the transposed image gives the transposed features (and, pooled, the
+    same logits); the 1-D model, which reads the grid row-major, does not. H != W: a grid
+    read with its sides swapped (height taken for the width) fails this."""
+    x = torch.randn(2, 3, 28, 42, generator=torch.Generator().manual_seed(0))
+    xt = x.transpose(-1, -2)
+    # the reference loop in float64 (tight), the op (torch backend) in float32
+    for backend, dtype, tol in (('reference', torch.float64, {}),
+                                ('torch', torch.float32, dict(rtol=1e-4, atol=1e-5))):
+        torch.manual_seed(0)
+        model = _symmetric_patches(_small('hgrn2d_deit_tiny', num_classes=4, mixer_backend=backend))
+        model = model.to(dtype).eval()
+        with torch.no_grad():
+            feats = model.forward_features(x.to(dtype))
+            assert feats.shape == (2, 2, 3, 32)
+            torch.testing.assert_close(model.forward_features(xt.to(dtype)), feats.transpose(1, 2), **tol)
+            torch.testing.assert_close(model(xt.to(dtype)), model(x.to(dtype)), **tol)
+    torch.manual_seed(0)
+    one = _symmetric_patches(_small('hgrn_deit_tiny', num_classes=4)).eval()
+    with torch.no_grad():  # per token (pooled, the init's small mixers differ less)
+        diff = one.forward_features(xt) - one.forward_features(x).transpose(1, 2)
+        assert diff.abs().max() > 1e-3  # ~1e-2 here: far above the tolerance above
 
 
 def test_bad_size_and_channels_raise_clear_errors():
@@ -185,13 +235,14 @@ def test_no_weight_decay_and_group_matcher():
             assert g['weight_decay'] == 0.
 
 
-def test_grad_checkpointing_same_gradients():
+@pytest.mark.parametrize('name', ONE_EACH)
+def test_grad_checkpointing_same_gradients(name):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 28, 42)
     grads = []
     for ckpt in (False, True):
         torch.manual_seed(0)
-        model = _small(depth=3, num_classes=3).train()
+        model = _small(name, depth=3, num_classes=3).train()
         model.set_grad_checkpointing(ckpt)
         model(x).pow(2).sum().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
@@ -200,19 +251,20 @@ def test_grad_checkpointing_same_gradients():
         torch.testing.assert_close(grads[1][n], grads[0][n], msg=n)
 
 
-def test_features_only_and_forward_intermediates():
+@pytest.mark.parametrize('name', ONE_EACH)
+def test_features_only_and_forward_intermediates(name):
     x = torch.randn(2, 3, 28, 56)
     torch.manual_seed(0)
-    fmodel = _small(depth=4, features_only=True, out_indices=(0, 2)).eval()
+    fmodel = _small(name, depth=4, features_only=True, out_indices=(0, 2)).eval()
     assert fmodel.feature_info.channels() == [32, 32]
     assert fmodel.feature_info.reduction() == [14, 14]
     outs = fmodel(x)
     assert [o.shape for o in outs] == [(2, 32, 2, 4)] * 2
-    default = _small(depth=4, features_only=True).eval()
+    default = _small(name, depth=4, features_only=True).eval()
     assert len(default(x)) == 3
 
     torch.manual_seed(0)
-    model = _small(depth=4).eval()  # same init as fmodel
+    model = _small(name, depth=4).eval()  # same init as fmodel
     final, inter = model.forward_intermediates(x)
     assert len(inter) == 4 and all(t.shape == (2, 32, 2, 4) for t in inter)
     torch.testing.assert_close(final, model.forward_features(x))
@@ -242,16 +294,17 @@ def test_attention_mixer_baseline():
     assert outside(model) == outside(hgru)
 
 
-def test_mixer_backend_choice():
+@pytest.mark.parametrize('name', ONE_EACH)
+def test_mixer_backend_choice(name):
     torch.manual_seed(0)
-    a = _small(mixer_backend='torch').eval()
-    b = _small(mixer_backend='reference').eval()
+    a = _small(name, mixer_backend='torch').eval()
+    b = _small(name, mixer_backend='reference').eval()
     b.load_state_dict(a.state_dict())
     assert b.blocks[0].mixer.backend == 'reference'
     x = torch.randn(2, 3, 28, 42)
     torch.testing.assert_close(a(x), b(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match='unknown scan backend'):
-        _small(mixer_backend='nope')(x)
+        _small(name, mixer_backend='nope')(x)
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -360,9 +413,10 @@ def test_pretrained_without_file_is_a_clear_error():
 
 
 # ------------------------------------------------------------------------------ ecosystem
+@pytest.mark.parametrize('name', ONE_EACH)
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-def test_autocast(dtype):
-    model = _small(num_classes=4).eval()
+def test_autocast(dtype, name):
+    model = _small(name, num_classes=4).eval()
     x = torch.randn(2, 3, 28, 28)
     ref = model(x)
     with torch.autocast('cpu', dtype=dtype):
@@ -383,19 +437,21 @@ def test_to_float64_and_devices():
         torch.testing.assert_close(model.cuda()(x.cuda()).cpu(), ref, rtol=1e-3, atol=1e-3)
 
 
-def test_pure_bf16_weights():
-    model = _small(num_classes=4).eval().to(torch.bfloat16)
+@pytest.mark.parametrize('name', ONE_EACH)
+def test_pure_bf16_weights(name):
+    model = _small(name, num_classes=4).eval().to(torch.bfloat16)
     out = model(torch.randn(1, 3, 28, 28, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16
 
 
-def test_torch_compile_cpu():
+@pytest.mark.parametrize('name', ONE_EACH)
+def test_torch_compile_cpu(name):
     if os.environ.get('HGRN_SKIP_COMPILE'):
         pytest.skip('HGRN_SKIP_COMPILE set')
     torch.manual_seed(0)
-    model = _small(depth=1, embed_dim=16, num_classes=3).eval()
-    x = torch.randn(2, 3, 28, 28)
+    model = _small(name, depth=1, embed_dim=16, num_classes=3).eval()
+    x = torch.randn(2, 3, 28, 42)
     ref = model(x)
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, fullgraph=True)  # one graph: a graph break raises
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), ref, rtol=1e-4, atol=1e-5)

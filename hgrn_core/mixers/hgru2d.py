@@ -12,7 +12,9 @@ directly.
 * ``causal=True``: one forward scan per axis, ``theta_forward`` for both (their ``Hgru2d``).
 
 The recurrence is one op, ``hgrn::hgru2d``; the mixer needs the grid's width, which the
-model passes to every block (``grid_width``). There is no running state, so
+model passes to every block (``grid_width``); traced (``torch.jit.trace``), the 1-D op on
+the rows and columns instead, so that the trace keeps the grid's width dynamic. There is
+no running state, so
 ``forward_with_state`` and ``step`` are not available.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..hgru2d_op import hgru2d
+from ..hgru_op import hgru
 from .base import check_tokens, register_mixer
 from .hgru import HGRU
 
@@ -42,10 +45,31 @@ class HGRU2d(HGRU):
         if torch.jit.is_scripting():  # the op itself; it resolves "auto" at run time
             h = torch.ops.hgrn.hgru2d(core, lower_bound, self.theta_forward, self.theta_reverse,
                                       grid_width, self.direction, self.backend)
+        elif torch.jit.is_tracing():
+            h = self._traced_rows_and_columns(core, lower_bound, grid_width)
         else:
             h = hgru2d(core, lower_bound, self.theta_forward, self.theta_reverse,
                        grid_width=grid_width, direction=self.direction, backend=self.backend)
         return self._output(h, gate)
+
+    @torch.jit.unused
+    def _traced_rows_and_columns(self, core: Tensor, lower_bound: Optional[Tensor],
+                                 grid_width) -> Tensor:
+        """The recurrence for ``torch.jit.trace`` (and the TorchScript ONNX exporter, which
+        traces): the tracer records an int argument of a custom op as a constant, so the
+        ``hgrn::hgru2d`` op would silently keep the traced image's width at every other size.
+        Here the 1-D op runs on the rows and on the columns, reshaped with the traced (so
+        dynamic) sizes: the composition of the op's base backend, valid at any size."""
+        B, N, P = core.shape
+        grid = core.reshape(B, -1, grid_width, P)                       # (B, H, Wg, P)
+        H = grid.shape[1]
+        theta_r = self.theta_reverse if self.direction == "both" else None
+        run = lambda seq: hgru(seq, lower_bound, self.theta_forward, theta_r,  # noqa: E731
+                               direction=self.direction, backend=self.backend)
+        rows = run(grid.reshape(-1, grid_width, P))                      # (B * H, Wg, W)
+        cols = run(grid.transpose(1, 2).reshape(-1, H, P))               # (B * Wg, H, W)
+        W = rows.shape[-1]
+        return rows.reshape(B, N, W) + cols.reshape(B, grid_width, H, W).transpose(1, 2).reshape(B, N, W)
 
     def forward_with_state(self, x, lower_bound=None, state=None):
         raise RuntimeError("HGRU2d scans a whole grid: it has no running state")

@@ -22,6 +22,13 @@ What is counted (conventions, also written into every JSON report):
     - ``hgrn::hgru`` (gates + scans, input ``proj`` (B, N, W + d)): per (B, N, d) 14 MACs
       bidirectional complex, 6 one complex direction, 1 per direction real; the gates
       (sigmoid, SiLU, (1 - lam) c) are elementwise, as uncounted as before.
+    - ``hgrn::hgru2d`` (the 2-D HGRU over a patch grid, same ``proj``): twice ``hgrn::hgru``
+      for the same direction and phases, 28 / 12 / 2 per direction real per (B, N, d): the
+      1-D scans run along every row and every column, each token in one row and one column.
+      The sum of the two axes is an elementwise add, not counted (as the real-valued
+      sum of directions). fvcore traces the model (``torch.jit.trace``), where the HGRU2d
+      mixer runs ``hgrn::hgru`` on its rows and columns itself (hgrn_core/mixers/hgru2d.py):
+      there the same count arrives as two ``hgrn::hgru`` calls per block.
     - ``hgrn::norm_gate`` (LayerNorm(h) * SiLU(gate), h (B, N, W)): the norm's 5 per
       element with an affine (4 without); the gating product is elementwise, not counted.
 * ``aten::scaled_dot_product_attention`` (timm's fused attention), which fvcore would
@@ -64,6 +71,10 @@ CONVENTIONS = {
     "hgrn::real_scan": f"{REAL_SCAN_MACS} MAC per batch*token*channel (h = lam*h + x)",
     "hgrn::hgru": "as the scans it fuses: 14 MACs per batch*token*channel bidirectional "
                   "complex, 6 one complex direction, 1 per direction real; gates not counted",
+    "hgrn::hgru2d": "twice hgrn::hgru for the same direction (rows and columns): 28 MACs per "
+                    "batch*token*channel bidirectional complex, 12 one complex direction, 2 per "
+                    "direction real; the sum of the two axes not counted. A traced HGRU2d mixer "
+                    "(fvcore's trace) shows the same as two hgrn::hgru calls",
     "hgrn::norm_gate": "as a LayerNorm of h: 5 per element with affine, 4 without",
     "aten::scaled_dot_product_attention": "B*H*Nq*Nk*(Dqk+Dv) MACs (QK^T and AV); softmax not counted",
     "norms": "fvcore estimate: 5 per element with affine, 4 without",
@@ -99,17 +110,36 @@ def _is_none(val: Any) -> bool:
     return val.type().kind() == "NoneType"
 
 
-def hgru_handle(inputs: List[Any], outputs: List[Any]) -> int:
-    """hgrn::hgru(proj, lower_bound, theta_f, theta_r, h0, direction, backend)."""
-    B, N, P = _shape(inputs[0])
-    complex_ = not (_is_none(inputs[2]) and _is_none(inputs[3]))
-    both = inputs[5].toIValue() == "both"
+def hgru_macs(shape: Sequence[int], complex_: bool, direction: str) -> int:
+    """MACs of one ``hgrn::hgru`` call whose ``proj`` has shape (B, N, W + d)."""
+    B, N, P = (int(s) for s in shape)
+    both = direction == "both"
     d = P // (3 if complex_ else 2)
     if complex_:
         per = BIDIRECTIONAL_SCAN_MACS if both else COMPLEX_SCAN_MACS
     else:
         per = REAL_SCAN_MACS * (2 if both else 1)
     return per * B * N * d
+
+
+def hgru2d_macs(shape: Sequence[int], complex_: bool, direction: str) -> int:
+    """MACs of one ``hgrn::hgru2d`` call (``proj`` (B, N, W + d), any grid): the 1-D op's
+    scans along the rows and along the columns, each over all N tokens."""
+    return 2 * hgru_macs(shape, complex_, direction)
+
+
+def _complex_phases(inputs: List[Any]) -> bool:
+    return not (_is_none(inputs[2]) and _is_none(inputs[3]))
+
+
+def hgru_handle(inputs: List[Any], outputs: List[Any]) -> int:
+    """hgrn::hgru(proj, lower_bound, theta_f, theta_r, h0, direction, backend)."""
+    return hgru_macs(_shape(inputs[0]), _complex_phases(inputs), inputs[5].toIValue())
+
+
+def hgru2d_handle(inputs: List[Any], outputs: List[Any]) -> int:
+    """hgrn::hgru2d(proj, lower_bound, theta_f, theta_r, grid_width, direction, backend)."""
+    return hgru2d_macs(_shape(inputs[0]), _complex_phases(inputs), inputs[5].toIValue())
 
 
 def norm_gate_handle(inputs: List[Any], outputs: List[Any]) -> int:
@@ -130,6 +160,7 @@ EXTRA_HANDLES = {
     "hgrn::bidirectional_scan": _scan_handle("hgrn::bidirectional_scan"),
     "hgrn::real_scan": _scan_handle("hgrn::real_scan"),
     "hgrn::hgru": hgru_handle,
+    "hgrn::hgru2d": hgru2d_handle,
     "hgrn::norm_gate": norm_gate_handle,
     "aten::scaled_dot_product_attention": sdpa_handle,
 }
@@ -277,7 +308,8 @@ def format_table(records: List[Dict[str, Any]]) -> str:
     lines.append("GMACs as fvcore counts them (1 multiply-add = 1 MAC), for the whole batch; "
                  "GFLOPs = 2 x GMACs.")
     lines.append(f"HGRN scans counted by formula: bidirectional {BIDIRECTIONAL_SCAN_MACS}, "
-                 f"complex {COMPLEX_SCAN_MACS}, real {REAL_SCAN_MACS} MACs per batch*token*channel.")
+                 f"complex {COMPLEX_SCAN_MACS}, real {REAL_SCAN_MACS} MACs per batch*token*channel; "
+                 f"the 2-D HGRU (rows and columns) twice that.")
     if notes:
         lines.append("Skipped by fvcore (NOT in the totals):")
         lines.extend(notes)
