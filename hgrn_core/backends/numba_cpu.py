@@ -122,8 +122,9 @@ class NumbaBackend(TorchBackend):
         out = torch.empty(B, N, W, dtype=proj.dtype)
         hN = torch.zeros(B, W, dtype=dt)
         nb = _block(B, N, d, torch.get_num_threads())
-        _run(K.hgru_fwd_parallel, K.hgru_fwd_serial, flat, sB, sN, B, N, d, W, complex_, lb,
-             cf, sf, cr, sr, h0n, mode, _storage(out).reshape(-1), hN.numpy(), nb)
+        _run(K.hgru_fwd_parallel, K.hgru_fwd_serial, flat, (sB, 0, sN),
+             _storage(out).reshape(-1), (N * W, 0, W), 1, B, N, d, W, complex_, lb, cf, sf, cr,
+             sr, h0n, True, mode, False, hN.numpy(), nb)
         return out, (None if mode == 2 else hN)
 
     def hgru_backward(self, dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction):
@@ -148,10 +149,10 @@ class NumbaBackend(TorchBackend):
         dtr = torch.zeros(B, d, dtype=dt)
         dh0 = torch.zeros(B, W, dtype=dt)
         nb = _block(B, N, d, torch.get_num_threads())
-        _run(K.hgru_bwd_parallel, K.hgru_bwd_serial, flat, sB, sN, gflat, gB, gN, B, N, d, W,
-             complex_, lb, cf, sf, cr, sr, h0n.numpy(), use_h0, dhNn.numpy(), mode,
-             _storage(dproj).reshape(-1), dlb.numpy(), dtf.numpy(), dtr.numpy(), dh0.numpy(),
-             nb)
+        _run(K.hgru_bwd_parallel, K.hgru_bwd_serial, flat, (sB, 0, sN), gflat, (gB, 0, gN),
+             _storage(dproj).reshape(-1), (N * P, 0, P), 1, B, N, d, W, complex_, lb, cf, sf,
+             cr, sr, h0n.numpy(), use_h0, dhNn.numpy(), True, mode, False, dlb.numpy(),
+             dtf.numpy(), dtr.numpy(), dh0.numpy(), nb)
         return (dproj,
                 None if lower_bound is None else dlb.sum(0),
                 None if theta_f is None else dtf.sum(0),
