@@ -5,7 +5,9 @@ The fused op's forward and backward run the loops of ``hgrn_core.kernels.numba_h
 channels), in parallel over ``torch.get_num_threads()`` threads, each walking time with its
 state in a few local arrays and forming the gates from the projection on the fly. Nothing
 of size B*N*d is made besides the outputs: ``proj`` is read in place through its strides and
-in its own dtype (bf16 / fp16 as raw 16-bit words, widened in the loop).
+in its own dtype (bf16 / fp16 as raw 16-bit words, widened in the loop). The 2-D op
+(``hgrn::hgru2d``) runs the same compiled loops over the patch grid's rows and then, in place
+through strides, its columns, adding into the same output (no transposed copies).
 
 The separate scans (``complex_forward`` ... , the ``hgrn_core.scan`` API) and the norm-gate
 are the torch backend's: only the fused op pays for a compiled loop.
@@ -84,6 +86,15 @@ def _block(B: int, N: int, d: int, threads: int) -> int:
     return min(nb, d)
 
 
+def _grid_axes(H: int, Wg: int):
+    """The 2-D op's two passes over a row-major (H, Wg) grid of tokens, as (G, length, inner,
+    step): sequence i is grid line i % G of image i // G, starting ``inner`` tokens after the
+    previous line, its steps ``step`` tokens apart. First the rows (H lines of Wg tokens),
+    then the columns (Wg lines of H tokens, a grid row apart), which add to the rows'
+    outputs."""
+    return ((H, Wg, Wg, 1), (Wg, H, 1, Wg))
+
+
 def _run(parallel, serial, *args):
     """The parallel loop on torch's thread count, or the serial one (one thread; or another
     Python thread is inside the parallel region)."""
@@ -122,8 +133,9 @@ class NumbaBackend(TorchBackend):
         out = torch.empty(B, N, W, dtype=proj.dtype)
         hN = torch.zeros(B, W, dtype=dt)
         nb = _block(B, N, d, torch.get_num_threads())
-        _run(K.hgru_fwd_parallel, K.hgru_fwd_serial, flat, sB, sN, B, N, d, W, complex_, lb,
-             cf, sf, cr, sr, h0n, mode, _storage(out).reshape(-1), hN.numpy(), nb)
+        _run(K.hgru_fwd_parallel, K.hgru_fwd_serial, flat, (sB, 0, sN),
+             _storage(out).reshape(-1), (N * W, 0, W), 1, B, N, d, W, complex_, lb, cf, sf, cr,
+             sr, h0n, True, mode, False, hN.numpy(), nb)
         return out, (None if mode == 2 else hN)
 
     def hgru_backward(self, dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction):
@@ -148,12 +160,73 @@ class NumbaBackend(TorchBackend):
         dtr = torch.zeros(B, d, dtype=dt)
         dh0 = torch.zeros(B, W, dtype=dt)
         nb = _block(B, N, d, torch.get_num_threads())
-        _run(K.hgru_bwd_parallel, K.hgru_bwd_serial, flat, sB, sN, gflat, gB, gN, B, N, d, W,
-             complex_, lb, cf, sf, cr, sr, h0n.numpy(), use_h0, dhNn.numpy(), mode,
-             _storage(dproj).reshape(-1), dlb.numpy(), dtf.numpy(), dtr.numpy(), dh0.numpy(),
-             nb)
+        _run(K.hgru_bwd_parallel, K.hgru_bwd_serial, flat, (sB, 0, sN), gflat, (gB, 0, gN),
+             _storage(dproj).reshape(-1), (N * P, 0, P), 1, B, N, d, W, complex_, lb, cf, sf,
+             cr, sr, h0n.numpy(), use_h0, dhNn.numpy(), True, mode, False, dlb.numpy(),
+             dtf.numpy(), dtr.numpy(), dh0.numpy(), nb)
         return (dproj,
                 None if lower_bound is None else dlb.sum(0),
                 None if theta_f is None else dtf.sum(0),
                 None if theta_r is None else dtr.sum(0),
                 dh0 if use_h0 else None)
+
+    # --- the 2-D op: the same compiled walks, run over the grid's rows and then, in place
+    # through strides, its columns (no transposed copies). The column pass adds to what the
+    # row pass wrote; each pass's tasks write disjoint elements, so neither races. Outputs
+    # are in proj's dtype as in 1-D (the same compiled loops): in bf16 / fp16 the row pass's
+    # result is rounded before the column pass adds to it (one more rounding).
+    def hgru2d_forward(self, proj, lower_bound, theta_f, theta_r, grid_width, direction):
+        complex_ = theta_f is not None or theta_r is not None
+        B, N, P = proj.shape
+        d = P // (3 if complex_ else 2)
+        W = P - d
+        dt = compute_dtype(proj.dtype)
+        flat, sB, sN = _rows(proj)
+        lb = _vector(lower_bound, d, dt, 0.0)
+        cf, sf = _phases(theta_f, d, dt)
+        cr, sr = _phases(theta_r, d, dt)
+        unused = torch.zeros(1, W, dtype=dt).numpy()    # h0, hN: no initial or final state
+        out = torch.empty(B, N, W, dtype=proj.dtype)
+        on = _storage(out).reshape(-1)
+        threads = torch.get_num_threads()
+        for add, (G, n, inner, step) in enumerate(_grid_axes(N // grid_width, grid_width)):
+            nb = _block(B * G, n, d, threads)
+            _run(K.hgru_fwd_parallel, K.hgru_fwd_serial, flat, (sB, inner * sN, step * sN), on,
+                 (N * W, inner * W, step * W), G, B * G, n, d, W, complex_, lb, cf, sf, cr, sr,
+                 unused, False, _MODES[direction], add == 1, unused, nb)
+        return out
+
+    def hgru2d_backward(self, dh, proj, lower_bound, theta_f, theta_r, grid_width, direction):
+        complex_ = theta_f is not None or theta_r is not None
+        B, N, P = proj.shape
+        d = P // (3 if complex_ else 2)
+        W = P - d
+        H = N // grid_width
+        dt = compute_dtype(proj.dtype)
+        flat, sB, sN = _rows(proj)
+        gflat, gB, gN = _rows(dh)
+        lb = _vector(lower_bound, d, dt, 0.0)
+        cf, sf = _phases(theta_f, d, dt)
+        cr, sr = _phases(theta_r, d, dt)
+        unused = torch.zeros(1, W, dtype=dt).numpy()    # h0, dhN, dh0
+        dproj = torch.empty(B, N, P, dtype=proj.dtype)
+        dn = _storage(dproj).reshape(-1)
+        # the tasks' partial sums of dlb, dtheta_f, dtheta_r: the row pass's sequences first,
+        # then the column pass's
+        parts = torch.zeros(3, B * (H + grid_width), d, dtype=dt)
+        threads = torch.get_num_threads()
+        first = 0
+        for add, (G, n, inner, step) in enumerate(_grid_axes(H, grid_width)):
+            nb = _block(B * G, n, d, threads)
+            dlb, dtf, dtr = (p[first:first + B * G].numpy() for p in parts)
+            _run(K.hgru_bwd_parallel, K.hgru_bwd_serial, flat, (sB, inner * sN, step * sN),
+                 gflat, (gB, inner * gN, step * gN), dn, (N * P, inner * P, step * P), G, B * G,
+                 n, d, W, complex_, lb, cf, sf, cr, sr, unused, False, unused, False,
+                 _MODES[direction], add == 1, dlb, dtf, dtr, unused, nb)
+            first += B * G
+        # summed in fp64 by numpy: the same order whatever the thread count
+        sums = torch.from_numpy(parts.numpy().sum(1, dtype=np.float64)).to(dt)
+        return (dproj,
+                None if lower_bound is None else sums[0],
+                None if theta_f is None else sums[1],
+                None if theta_r is None else sums[2])

@@ -39,6 +39,14 @@ Per-channel sums (dlb, dtheta) are per-task partials, (B, d) each, summed in tor
 (deterministic); inside a task, runs of 128 steps are summed in the compute dtype and then
 added up in fp64.
 
+The 2-D op (``hgrn::hgru2d``) runs the same compiled drivers twice, with no copies: a walk
+finds its sequence i of B * G through two batch levels and a time stride (``_at``: image
+i // G, line i % G), for proj, out, dh and dproj alike. The 1-D op is G = 1; a patch grid's
+rows are G = H lines of Wg tokens one token apart, its columns G = Wg lines of H tokens one
+grid row apart, each step still reading contiguous runs of a block's channels. The row pass
+writes out (dproj), then the column pass adds to it (``add``); within a pass tasks own
+disjoint elements, so nothing races. ``ends`` (1-D only) reads h0 / dhN, writes hN / dh0.
+
 Accuracy: the walk is sequential, so in fp32 a rotating state near lam = 1 collects its
 roundings over the ~1 / (1 - lam) steps it remembers: at N = 65,536, lam ~ 0.9998, the state
 is within 4e-5 and the phase gradients within 3e-4 of fp64 (the torch backend's chunked scan,
@@ -159,6 +167,26 @@ def _ov_put(a, i, v):
     return impl
 
 
+def _store(a, i, v, add):
+    """``a[i] = v``, or ``a[i] += v`` when ``add`` (the 2-D op's column pass adds to what its
+    row pass wrote), in ``a``'s storage dtype."""
+
+
+@overload(_store)
+def _ov_store(a, i, v, add):
+    # branch-free, so the loops vectorise: the old value is loaded and the sum selected (with
+    # add False the stored value is v itself; with add a literal False the load folds away)
+    if a.dtype in (types.int16, types.uint16):
+        def impl(a, i, v, add):
+            old = _widen(a[i])
+            _put(a, i, (old + v) if add else v)
+    else:
+        def impl(a, i, v, add):
+            old = a[i]
+            a[i] = (old + v) if add else v
+    return impl
+
+
 def _exp(x):
     """exp in the compute dtype: libm's for fp64; for fp32 a polynomial that vectorises."""
 
@@ -233,10 +261,19 @@ def _gate(mu, lb, one):
     return s, oms, lb + omg * s, omg * oms
 
 
+@njit(**_OPTS)
+def _at(b, G, st):
+    """Where sequence b starts in an array with strides ``st`` = (outer, inner, time): b is
+    (b // G, b % G) of two batch levels (the 1-D op: G = 1; a grid's rows: G = H, columns:
+    G = Wg)."""
+    return (b // G) * st[0] + (b % G) * st[1]
+
+
 # ---------------------------------------------------------------------------- forward
 @njit(**_OPTS)
-def _state_walk(b, j0, nb, proj, sB, sN, N, d, W, cplx, lbv, cs, sn, h0, use_h0, rev, S):
-    """A state walk with gates from ``proj``: S[t] = [h_re, h_im, lam, x_re, x_im]."""
+def _state_walk(b, j0, nb, proj, p0, pT, N, d, W, cplx, lbv, cs, sn, h0, use_h0, rev, S):
+    """A state walk with gates from ``proj`` (sequence b at p0, step pT): S[t] = [h_re, h_im,
+    lam, x_re, x_im]."""
     one = _cast(lbv[0], 1.0)
     hr = np.zeros(nb, lbv.dtype)
     hi = np.zeros(nb, lbv.dtype)
@@ -246,7 +283,7 @@ def _state_walk(b, j0, nb, proj, sB, sN, N, d, W, cplx, lbv, cs, sn, h0, use_h0,
             hi[:] = h0[b, d + j0:d + j0 + nb]
     for step in range(N):
         t = N - 1 - step if rev else step
-        pb = b * sB + t * sN
+        pb = p0 + t * pT
         mu = proj[pb + W + j0:pb + W + j0 + nb]
         cre = proj[pb + j0:pb + j0 + nb]
         cim = proj[pb + d + j0:pb + d + j0 + nb] if cplx else cre
@@ -283,32 +320,59 @@ def _state_walk(b, j0, nb, proj, sB, sN, N, d, W, cplx, lbv, cs, sn, h0, use_h0,
 
 
 @njit(**_OPTS)
-def _fwd_task(b, j0, nb, proj, sB, sN, N, d, W, cplx, lb, cf, sf, cr_, sr_, h0, mode,
-              out, hN):
-    """One task of the forward op: batch row b, channels j0 .. j0 + nb of each plane.
-    mode 0 forward, 1 reverse, 2 both. Rows are taken as views, indexed from 0 inside the
-    channel loops (no negative-index fix-ups: the loops vectorise)."""
-    one = _cast(lb[0], 1.0)
+def _fwd_task(b, j0, nb, proj, ps, out, os_, G, N, d, W, cplx, lb, cf, sf, cr_, sr_, h0, ends,
+              mode, add, hN):
+    """One task of the forward op: sequence b (addressed by ``_at``), channels j0 .. j0 + nb
+    of each plane. mode 0 forward, 1 reverse, 2 both; ``ends``: read h0 and write hN (1-D);
+    ``add``: add to ``out`` instead of writing it. Rows are taken as views, indexed from 0
+    inside the channel loops (no negative-index fix-ups: the loops vectorise). The walks that
+    store are called with ``add`` a literal: Numba compiles one copy of each for True and one
+    for False, and the writing copy never loads ``out`` (with a variable flag the load of
+    lines not yet in cache cost the 1-D forward ~10%)."""
     rev = mode == 1
     lbv = lb[j0:j0 + nb]
+    p0 = _at(b, G, ps)
+    o0 = _at(b, G, os_)
     if mode == 2:
         # L: the forward states and the gates into S, then R: out = h_fwd + h_rev
         S = np.empty((N, 5, nb), lb.dtype)
-        _state_walk(b, j0, nb, proj, sB, sN, N, d, W, cplx, lbv, cf[j0:j0 + nb],
+        _state_walk(b, j0, nb, proj, p0, ps[2], N, d, W, cplx, lbv, cf[j0:j0 + nb],
                     sf[j0:j0 + nb], h0, rev, rev, S)   # (rev is False; not a literal)
-        _reverse_over(b, j0, nb, N, d, W, cplx, cr_[j0:j0 + nb], sr_[j0:j0 + nb], S, out)
+        cs = cr_[j0:j0 + nb]
+        sn = sr_[j0:j0 + nb]
+        if add:
+            _reverse_over(j0, nb, N, d, W, cplx, cs, sn, S, out, o0, os_[2], True)
+        else:
+            _reverse_over(j0, nb, N, d, W, cplx, cs, sn, S, out, o0, os_[2], False)
         return
     cs = (cr_ if rev else cf)[j0:j0 + nb]
     sn = (sr_ if rev else sf)[j0:j0 + nb]
     hr = np.zeros(nb, lb.dtype)
     hi = np.zeros(nb, lb.dtype)
-    hr[:] = h0[b, j0:j0 + nb]
-    if cplx:
-        hi[:] = h0[b, d + j0:d + j0 + nb]
+    if ends:
+        hr[:] = h0[b, j0:j0 + nb]
+        if cplx:
+            hi[:] = h0[b, d + j0:d + j0 + nb]
+    if add:
+        _one_way(proj, p0, ps[2], out, o0, os_[2], N, d, W, cplx, j0, nb, lbv, cs, sn, hr, hi,
+                 rev, True)
+    else:
+        _one_way(proj, p0, ps[2], out, o0, os_[2], N, d, W, cplx, j0, nb, lbv, cs, sn, hr, hi,
+                 rev, False)
+    if ends:
+        hN[b, j0:j0 + nb] = hr
+        if cplx:
+            hN[b, d + j0:d + j0 + nb] = hi
+
+
+@njit(**_OPTS)
+def _one_way(proj, p0, pT, out, o0, oT, N, d, W, cplx, j0, nb, lbv, cs, sn, hr, hi, rev, add):
+    """The walk of 'forward' / 'reverse' from the state (hr, hi), writing (or adding) h."""
+    one = _cast(lbv[0], 1.0)
     for step in range(N):
         t = N - 1 - step if rev else step
-        pb = b * sB + t * sN
-        ob = (b * N + t) * W
+        pb = p0 + t * pT
+        ob = o0 + t * oT
         mu = proj[pb + W + j0:pb + W + j0 + nb]
         cre = proj[pb + j0:pb + j0 + nb]
         ore = out[ob + j0:ob + j0 + nb]
@@ -325,28 +389,26 @@ def _fwd_task(b, j0, nb, proj, sB, sN, N, d, W, cplx, lb, cf, sf, cr_, sr_, h0, 
                 ni = a * hi[k] + bb * hr[k] + xi
                 hr[k] = nr
                 hi[k] = ni
-                _put(ore, k, nr)
-                _put(oim, k, ni)
+                _store(ore, k, nr, add)
+                _store(oim, k, ni, add)
         else:
             for k in range(nb):
                 s, oms, lam, oml = _gate(_widen(mu[k]), lbv[k], one)
                 x = oml * _silu(_widen(cre[k]), one)
                 nr = lam * hr[k] + x
                 hr[k] = nr
-                _put(ore, k, nr)
-    hN[b, j0:j0 + nb] = hr
-    if cplx:
-        hN[b, d + j0:d + j0 + nb] = hi
+                _store(ore, k, nr, add)
 
 
 @njit(**_OPTS)
-def _reverse_over(b, j0, nb, N, d, W, cplx, cs, sn, S, out):
-    """The reverse walk of 'both' over the stored gates: out = h_fwd (S[t, 0:2]) + h_rev."""
+def _reverse_over(j0, nb, N, d, W, cplx, cs, sn, S, out, o0, oT, add):
+    """The reverse walk of 'both' over the stored gates: out (at o0, step oT) = h_fwd
+    (S[t, 0:2]) + h_rev, or += with ``add``."""
     hr = np.zeros(nb, S.dtype)
     hi = np.zeros(nb, S.dtype)
     for step in range(N):
         t = N - 1 - step
-        ob = (b * N + t) * W
+        ob = o0 + t * oT
         shr = S[t, 0]
         shi = S[t, 1]
         sl = S[t, 2]
@@ -362,49 +424,57 @@ def _reverse_over(b, j0, nb, N, d, W, cplx, cs, sn, S, out):
                 ni = a * hi[k] + bb * hr[k] + sxi[k]
                 hr[k] = nr
                 hi[k] = ni
-                _put(ore, k, nr + shr[k])
-                _put(oim, k, ni + shi[k])
+                _store(ore, k, nr + shr[k], add)
+                _store(oim, k, ni + shi[k], add)
         else:
             for k in range(nb):
                 nr = sl[k] * hr[k] + sxr[k]
                 hr[k] = nr
-                _put(ore, k, nr + shr[k])
+                _store(ore, k, nr + shr[k], add)
 
 
 @njit(parallel=True, **_OPTS)
-def hgru_fwd_parallel(proj, sB, sN, B, N, d, W, cplx, lb, cf, sf, cr, sr, h0, mode, out, hN,
-                      nb):
+def hgru_fwd_parallel(proj, ps, out, os_, G, nseq, N, d, W, cplx, lb, cf, sf, cr, sr, h0, ends,
+                      mode, add, hN, nb):
     nblk = (d + nb - 1) // nb
-    for i in prange(B * nblk):
+    for i in prange(nseq * nblk):
         b = i // nblk
         j0 = (i % nblk) * nb
-        _fwd_task(b, j0, min(nb, d - j0), proj, sB, sN, N, d, W, cplx, lb, cf, sf, cr, sr,
-                  h0, mode, out, hN)
+        _fwd_task(b, j0, min(nb, d - j0), proj, ps, out, os_, G, N, d, W, cplx, lb, cf, sf,
+                  cr, sr, h0, ends, mode, add, hN)
 
 
 @njit(**_OPTS)
-def hgru_fwd_serial(proj, sB, sN, B, N, d, W, cplx, lb, cf, sf, cr, sr, h0, mode, out, hN,
-                    nb):
+def hgru_fwd_serial(proj, ps, out, os_, G, nseq, N, d, W, cplx, lb, cf, sf, cr, sr, h0, ends,
+                    mode, add, hN, nb):
     nblk = (d + nb - 1) // nb
-    for i in range(B * nblk):
+    for i in range(nseq * nblk):
         b = i // nblk
         j0 = (i % nblk) * nb
-        _fwd_task(b, j0, min(nb, d - j0), proj, sB, sN, N, d, W, cplx, lb, cf, sf, cr, sr,
-                  h0, mode, out, hN)
+        _fwd_task(b, j0, min(nb, d - j0), proj, ps, out, os_, G, N, d, W, cplx, lb, cf, sf,
+                  cr, sr, h0, ends, mode, add, hN)
 
 
 # ---------------------------------------------------------------------------- backward
 @njit(**_OPTS)
-def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr_, sr_, h0,
-              use_h0, dhN, mode, dproj, dlb, dtf, dtr, dh0):
+def _bwd_task(b, j0, nb, proj, ps, dh, gs, dproj, ds, G, N, d, W, cplx, lb, cf, sf, cr_, sr_,
+              h0, use_h0, dhN, ends, mode, add, dlb, dtf, dtr, dh0):
+    """One task of the backward op (sequence b, channels j0 .. j0 + nb; as ``_fwd_task``:
+    ``ends`` reads dhN and writes dh0, ``add`` adds to ``dproj``). dlb, dtf, dtr get the
+    task's partial sums at [b, j0:j0 + nb]. Unlike the forward's, the final walk here is
+    compiled once, ``add`` a variable: its load of dproj costs within 1% in this
+    compute-heavy walk, a second copy ~35% more compile time."""
     one = _cast(lb[0], 1.0)
+    p0 = _at(b, G, ps)
+    g0 = _at(b, G, gs)
+    q0 = _at(b, G, ds)
     both = mode == 2
     lbv = lb[j0:j0 + nb]
     zr = np.zeros(nb, lb.dtype)
     # the first state walk: HF ('forward', 'both') or HR ('reverse'), with the gates
     S = np.empty((N, 5, nb), lb.dtype)
     rev1 = mode == 1
-    _state_walk(b, j0, nb, proj, sB, sN, N, d, W, cplx, lbv,
+    _state_walk(b, j0, nb, proj, p0, ps[2], N, d, W, cplx, lbv,
                 (cr_ if rev1 else cf)[j0:j0 + nb], (sr_ if rev1 else sf)[j0:j0 + nb],
                 h0, use_h0, rev1, S)
     # Dr, Di carry conj(A_prev) D_prev of the D walk under way
@@ -425,7 +495,7 @@ def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr
             if step % _FLUSH == 0:
                 _flush(accf, accf64)
             t = N - 1 - step
-            gb = b * gB + t * gN
+            gb = g0 + t * gs[2]
             sl = S[t, 2]
             sxr = S[t, 3]
             sxi = S[t, 4]
@@ -479,9 +549,10 @@ def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr
     else:
         S2 = S  # the states the final walk reads (its p_t)
         # the final state's gradient enters at the first step of the D walk
-        Dr[:] = dhN[b, j0:j0 + nb]
-        if cplx:
-            Di[:] = dhN[b, d + j0:d + j0 + nb]
+        if ends:
+            Dr[:] = dhN[b, j0:j0 + nb]
+            if cplx:
+                Di[:] = dhN[b, d + j0:d + j0 + nb]
     h0r = np.zeros(nb, lb.dtype)
     h0i = np.zeros(nb, lb.dtype)
     if use_h0:
@@ -509,9 +580,9 @@ def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr
         ex_r = S[t, 0] if both else zr           # DF, dlam_f of 'both'
         ex_i = S[t, 1] if both else zr
         ex_l = S[t, 2] if both else zr
-        pb = b * sB + t * sN
-        gb = b * gB + t * gN
-        ob = (b * N + t) * (W + d)
+        pb = p0 + t * ps[2]
+        gb = g0 + t * gs[2]
+        ob = q0 + t * ds[2]
         mu = proj[pb + W + j0:pb + W + j0 + nb]
         cre = proj[pb + j0:pb + j0 + nb]
         gre = dh[gb + j0:gb + j0 + nb]
@@ -545,9 +616,9 @@ def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr
                 sgi = one / (one + ei)
                 dlam = dar * c + dai * sv + ex_l[k] - (cr * sgr * dxr + ci * sgi * dxi)
                 # silu'(c) = sig(c) (1 + c (1 - sig(c))), 1 - sig(c) = e sig(c)
-                _put(ore, k, dxr * oml * sgr * (one + cr * er * sgr))
-                _put(oim, k, dxi * oml * sgi * (one + ci * ei * sgi))
-                _put(omu, k, dlam * omg * s * oms)
+                _store(ore, k, dxr * oml * sgr * (one + cr * er * sgr), add)
+                _store(oim, k, dxi * oml * sgi * (one + ci * ei * sgi), add)
+                _store(omu, k, dlam * omg * s * oms, add)
                 lbacc[k] += dlam * oms
         else:
             for k in range(nb):
@@ -560,8 +631,8 @@ def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr
                 er = _exp(-cr)
                 sgr = one / (one + er)
                 dlam = dr * pr_[k] + ex_l[k] - cr * sgr * dxr
-                _put(ore, k, dxr * oml * sgr * (one + cr * er * sgr))
-                _put(omu, k, dlam * omg * s * oms)
+                _store(ore, k, dxr * oml * sgr * (one + cr * er * sgr), add)
+                _store(omu, k, dlam * omg * s * oms, add)
                 lbacc[k] += dlam * oms
     _flush(acc, acc64)
     _flush(lbacc, lbacc64)
@@ -570,29 +641,29 @@ def _bwd_task(b, j0, nb, proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf, sf, cr
         dtf[b, j0:j0 + nb] = acc64
     else:
         dtr[b, j0:j0 + nb] = acc64
-    if not both:  # dh0 = conj(A at the walk's last step) D there: the carry
+    if ends and not both:  # dh0 = conj(A at the walk's last step) D there: the carry
         dh0[b, j0:j0 + nb] = Dr
         if cplx:
             dh0[b, d + j0:d + j0 + nb] = Di
 
 
 @njit(parallel=True, **_OPTS)
-def hgru_bwd_parallel(proj, sB, sN, dh, gB, gN, B, N, d, W, cplx, lb, cf, sf, cr, sr, h0,
-                      use_h0, dhN, mode, dproj, dlb, dtf, dtr, dh0, nb):
+def hgru_bwd_parallel(proj, ps, dh, gs, dproj, ds, G, nseq, N, d, W, cplx, lb, cf, sf, cr, sr,
+                      h0, use_h0, dhN, ends, mode, add, dlb, dtf, dtr, dh0, nb):
     nblk = (d + nb - 1) // nb
-    for i in prange(B * nblk):
+    for i in prange(nseq * nblk):
         b = i // nblk
         j0 = (i % nblk) * nb
-        _bwd_task(b, j0, min(nb, d - j0), proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf,
-                  sf, cr, sr, h0, use_h0, dhN, mode, dproj, dlb, dtf, dtr, dh0)
+        _bwd_task(b, j0, min(nb, d - j0), proj, ps, dh, gs, dproj, ds, G, N, d, W, cplx, lb,
+                  cf, sf, cr, sr, h0, use_h0, dhN, ends, mode, add, dlb, dtf, dtr, dh0)
 
 
 @njit(**_OPTS)
-def hgru_bwd_serial(proj, sB, sN, dh, gB, gN, B, N, d, W, cplx, lb, cf, sf, cr, sr, h0,
-                    use_h0, dhN, mode, dproj, dlb, dtf, dtr, dh0, nb):
+def hgru_bwd_serial(proj, ps, dh, gs, dproj, ds, G, nseq, N, d, W, cplx, lb, cf, sf, cr, sr,
+                    h0, use_h0, dhN, ends, mode, add, dlb, dtf, dtr, dh0, nb):
     nblk = (d + nb - 1) // nb
-    for i in range(B * nblk):
+    for i in range(nseq * nblk):
         b = i // nblk
         j0 = (i % nblk) * nb
-        _bwd_task(b, j0, min(nb, d - j0), proj, sB, sN, dh, gB, gN, N, d, W, cplx, lb, cf,
-                  sf, cr, sr, h0, use_h0, dhN, mode, dproj, dlb, dtf, dtr, dh0)
+        _bwd_task(b, j0, min(nb, d - j0), proj, ps, dh, gs, dproj, ds, G, N, d, W, cplx, lb,
+                  cf, sf, cr, sr, h0, use_h0, dhN, ends, mode, add, dlb, dtf, dtr, dh0)
