@@ -123,6 +123,50 @@ def test_goal_rows():
     assert r["measured"] == pytest.approx(0.25 / 0.5) and r["status"] == "falls short"
 
 
+def test_2d_models_are_information_rows_only(tmp_path):
+    """hgrn2d_deit_small beside hgrn_deit_small (224 px, batch 256) and hgrn2d_deit_tiny
+    beside hgrn_deit_tiny (896 / 1248 px): in the models table, in no goal."""
+    assert gpu_report.info_model_points(FULL) == [
+        ("hgrn2d_deit_small", 224, 256), ("hgrn2d_deit_tiny", 896, 8), ("hgrn2d_deit_tiny", 1248, 8)]
+    assert not [p for p in gpu_report.goal_model_points(FULL) if p[0].startswith("hgrn2d")]
+    m = fake_measurements()
+    base_goals = gpu_report.evaluate_goals(m)
+    m["models"] += [_model("hgrn2d_deit_small", 224, 256, "infer", 9000.0, 3500.0),
+                    _model("hgrn2d_deit_small", 224, 256, "train", 2500.0, 16000.0),
+                    _model("hgrn2d_deit_tiny", 896, 8, "infer", 1000.0),
+                    _model("hgrn2d_deit_tiny", 896, 8, "train", 300.0),
+                    _model("hgrn2d_deit_tiny", 1248, 8, "infer", status="skipped",
+                           error="time budget (330 s) spent")]
+    report = gpu_report.build_report(m)
+    assert report["goals"] == base_goals  # the same goal rows, the same outcomes
+    assert not [g for g in report["goals"] if "hgrn2d" in g["goal"] + g["measured_text"]]
+    md = open(gpu_report.write_report(report, str(tmp_path))[0]).read()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| hgrn2d_deit_")]
+    assert len(rows) == 5 and all("information, no goal" in ln for ln in rows)
+    assert "| 224 (224) | 256 | 256 | train | 2,500.0 |" in md
+    assert rows[-1].rstrip(" |").endswith("skipped: time budget (330 s) spent")
+    assert gpu_report.format_text(report).splitlines()[-1] == "12 hold, 6 fall short, 1 not measured"
+
+
+def test_information_rows_wait_for_the_budget(monkeypatch):
+    """With the budget spent, the goal points are still measured and the information rows
+    are recorded as skipped (the sweep likewise)."""
+    calls = []
+
+    def fake_model(label, size, batch, modes, warmup, iters, device, backend=None):
+        calls.append(label)
+        return [_model(label, size, batch, mode, 10.0) for mode in modes]
+    monkeypatch.setattr(gpu_report, "measure_model", fake_model)
+    plan = dataclasses.replace(gpu_report.PLANS["cpu-smoke"], budget_s=0.0)
+    m = gpu_report.collect(plan, torch.device("cpu"), run_tests=False)
+    goal = gpu_report.goal_model_points(plan)
+    assert calls == [label for label, _, _ in goal]
+    info = [r for r in m["models"] if r["label"].startswith("hgrn2d")]
+    assert len(info) == 2 * len(gpu_report.info_model_points(plan))
+    assert all(r["status"] == "skipped" and "budget" in r["error"] for r in info)
+    assert all(r["status"] == "ok" for r in m["models"] if not r["label"].startswith("hgrn2d"))
+
+
 def test_missing_pieces_are_not_measured():
     m = fake_measurements()
     m["tests"] = {"status": "ok", "passed": 3, "failed": 1, "errors": 0, "seconds": 1.0}
@@ -255,6 +299,12 @@ def test_measure_model_on_cpu(monkeypatch):
     diag = gpu_report.measure_model("toy_no_recurrence", 28, 2, ("infer",), 0, 1,
                                     torch.device("cpu"))
     assert diag[0]["status"] == "ok", diag
+    # the information rows' 2-D model builds and runs (a grid of 2 x 3 patches)
+    name, kwargs, patch, _ = gpu_report.MODELS["hgrn2d_deit_tiny"]
+    monkeypatch.setitem(gpu_report.MODELS, "toy_2d",
+                        (name, {**kwargs, "depth": 1, "num_classes": 10}, patch, "toy"))
+    recs = gpu_report.measure_model("toy_2d", 42, 2, ("infer", "train"), 0, 1, torch.device("cpu"))
+    assert [r["status"] for r in recs] == ["ok", "ok"] and recs[0]["tokens"] == 9, recs
 
 
 def test_collect_goes_on_after_a_failed_phase(monkeypatch, tmp_path):
@@ -276,7 +326,10 @@ def test_collect_goes_on_after_a_failed_phase(monkeypatch, tmp_path):
     assert list(m["errors"]) == ["hgru_bandwidth"] and "kernel exploded" in m["errors"]["hgru_bandwidth"]
     assert len(written) == 5 and list(m["phases_s"]) == ["tests", "models", "hgru_bandwidth",
                                                          "real_vs_fla", "sweep"]
-    assert len(m["models"]) == 2 * len(gpu_report.goal_model_points(gpu_report.PLANS["cpu-smoke"]))
+    smoke = gpu_report.PLANS["cpu-smoke"]
+    points = gpu_report.goal_model_points(smoke) + gpu_report.info_model_points(smoke)
+    assert len(m["models"]) == 2 * len(points)
+    assert all(r["status"] == "ok" for r in m["models"])
     assert m["sweep"] and all(r["status"] == "ok" for r in m["sweep"])
     assert [r["status"] for r in m["real_vs_fla"]] == ["ok", "ok"]
     data = json.load(open(written[-1]))

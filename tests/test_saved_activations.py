@@ -110,6 +110,22 @@ def test_ratio_hgrn_tiny_vs_deit_patch14(tmp_path, capsys):
     assert all(g["nodes"] and g["nodes"] != ["?"] for g in data["models"]["hgrn_deit_tiny"]["breakdown"][:5])
 
 
+def test_2d_model_by_name_is_information(tmp_path):
+    """--models hgrn2d_deit_tiny: measured (56 px, quick), its ratio to DeiT at patch 14
+    shown without a goal; the default run keeps the goal's four models."""
+    assert sa.build_parser().parse_args([]).models == [
+        "hgrn_deit_small", "deit_small_p14", "hgrn_deit_tiny", "deit_tiny_p14"]
+    out = tmp_path / "sa"
+    assert benchmark.main(["--report", "saved-activations", str(out), "--img-size", "56",
+                           "--models", "hgrn2d_deit_tiny", "deit_tiny_p14"]) == 0
+    data = json.load(open(out / "saved_activations.json"))
+    two, deit = (data["models"][k]["mib_per_image"] for k in ("hgrn2d_deit_tiny", "deit_tiny_p14"))
+    assert two > 0 and data["models"]["hgrn2d_deit_tiny"]["model"] == "hgrn2d_deit_tiny"
+    row = next(r for r in data["table"] if r["label"] == "hgrn2d_deit_tiny")
+    assert row["ratio"] == pytest.approx(two / deit)
+    assert row["goal"] is None and row["status"] == "information (no goal)"
+
+
 def test_compare_without_reference():
     rows = sa.compare({"hgrn_deit_small": {"mib_per_image": 10.0}})
     assert rows[0]["ratio"] is None and rows[0]["status"].startswith("not measured")

@@ -308,6 +308,22 @@ def test_benchmark_sweep_survives_failures(plugin_dir, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_benchmark_runs_the_2d_model_by_name(tmp_path):
+    """hgrn-benchmark --models hgrn2d_deit_tiny[:kwargs]: the 2-D model like any other."""
+    _hgrn_models()  # imports hgrn_vision where it is installed
+    if "hgrn2d_deit_tiny" not in timm.list_models("hgrn2d*"):
+        pytest.skip("hgrn_vision does not register the 2-D models")
+    js = tmp_path / "b.json"
+    rc = benchmark.main(["--models", "hgrn2d_deit_tiny:depth=1,embed_dim=32", "--img-size", "42",
+                         "--batch-size", "2", "--mode", "infer", "train", "--warmup", "0",
+                         "--iters", "1", "--threads", "1", "--in-process", "--quiet",
+                         "--out", str(js)])
+    assert rc == 0
+    res = json.loads(js.read_text())["results"]
+    assert [(r["mode"], r["status"]) for r in res] == [("infer", "ok"), ("train", "ok")], res
+    assert all(r["img_per_s"] > 0 for r in res)
+
+
 def test_benchmark_fresh_process_per_case(plugin_dir, tmp_path):
     js = tmp_path / "b.json"
     rc = benchmark.main([

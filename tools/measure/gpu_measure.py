@@ -71,6 +71,11 @@ MODELS: Dict[str, Tuple[str, Dict[str, Any], int, str]] = {
                                       "hgrn_deit_small without its recurrence (diagnostic)"),
     "hgrn_deit_tiny": ("hgrn_deit_tiny", {}, 14, "hgrn_deit_tiny"),
     "deit_tiny_patch16_224": ("deit_tiny_patch16_224", {}, 16, "deit_tiny_patch16_224"),
+    # information beside the goals (no goal of their own): the 2-D HGRU models
+    "hgrn2d_deit_small": ("hgrn2d_deit_small", {}, 14,
+                          "hgrn2d_deit_small (2-D HGRU; information, no goal)"),
+    "hgrn2d_deit_tiny": ("hgrn2d_deit_tiny", {}, 14,
+                         "hgrn2d_deit_tiny (2-D HGRU; information, no goal)"),
 }
 
 

@@ -17,7 +17,10 @@ Needs a CUDA GPU with torch, Triton and timm, and this project installed
    deit_small_patch16_224 and deit_small at patch 14 (256 tokens) at batch 256, 224 px;
    hgrn_deit_tiny vs deit_tiny_patch16_224 at 896 and 1248 px. Image sides: the largest
    multiple of the model's patch not above the nominal size (1248 px: HGRN 1246 = 89 x 14,
-   DeiT 1248 = 78 x 16; every other size is a multiple of both).
+   DeiT 1248 = 78 x 16; every other size is a multiple of both). Then, as information
+   beside them (rows in the table, no goal), the 2-D HGRU models at the same points:
+   hgrn2d_deit_small at 224 px batch 256, hgrn2d_deit_tiny at 896 and 1248 px; skipped
+   once the time budget is spent.
 3. ``hgrn::hgru`` bandwidth: bidirectional complex op, bf16 projection (B, N, 3d), lower
    bound and phases; forward and forward+backward; GB/s of the bytes the op must move
    (forward: read 3d, write 2d values per token; forward+backward: 13d) as a fraction of
@@ -107,6 +110,20 @@ def goal_model_points(plan: Plan) -> List[Tuple[str, int, int]]:
     return pts
 
 
+def info_model_points(plan: Plan) -> List[Tuple[str, int, int]]:
+    """Measured after the goal points, at the same sizes and batches, for the table only
+    (no goal compares them): the 2-D HGRU beside its 1-D model."""
+    return ([("hgrn2d_deit_small", plan.size, plan.batch)]
+            + [("hgrn2d_deit_tiny", size, batch) for size, batch, _ in plan.tiny_points])
+
+
+def _skipped(label: str, size: int, batch: int, plan: Plan) -> List[Dict[str, Any]]:
+    return [dict(label=label, model=MODELS[label][0], img_size=size, side=side_for(label, size),
+                 tokens=tokens_for(label, size), batch=batch, mode=mode, status="skipped",
+                 error=f"time budget ({plan.budget_s:.0f} s) spent")
+            for mode in ("infer", "train")]
+
+
 # ----------------------------------------------------------------------------- running
 def _model_line(r: Dict[str, Any]) -> str:
     head = f"  {r['label']:<24} {r['img_size']:>5}px b{r['batch']:<4} {r['mode']:<5}"
@@ -150,6 +167,14 @@ def collect(plan: Plan, device, run_tests: bool = True, backend: Optional[str] =
                                      plan.iters, device, backend):
                 m["models"].append(rec)
                 _log(_model_line(rec))
+        # information rows: only while the budget lasts (the goal points always run)
+        for label, size, batch in info_model_points(plan):
+            recs = (_skipped(label, size, batch, plan) if budget.left() < 3 else
+                    measure_model(label, size, batch, ("infer", "train"), plan.warmup,
+                                  plan.iters, device, backend))
+            for rec in recs:
+                m["models"].append(rec)
+                _log(_model_line(rec))
 
     def bandwidth():
         _log("[3/5] hgrn::hgru bandwidth")
@@ -175,11 +200,7 @@ def collect(plan: Plan, device, run_tests: bool = True, backend: Optional[str] =
             for _, hgrn, deit in SWEEP_PAIRS:
                 for label in (hgrn, deit):
                     if budget.left() < 3:
-                        recs = [dict(label=label, model=MODELS[label][0], img_size=size,
-                                     side=side_for(label, size), tokens=tokens_for(label, size),
-                                     batch=batch, mode=mode, status="skipped",
-                                     error=f"time budget ({plan.budget_s:.0f} s) spent")
-                                for mode in ("infer", "train")]
+                        recs = _skipped(label, size, batch, plan)
                     else:
                         recs = measure_model(label, size, batch, ("infer", "train"),
                                              plan.sweep_warmup, plan.sweep_iters, device, backend)
