@@ -191,11 +191,7 @@ def test_export_keeps_one_op_per_block(mixer):
 
 @pytest.mark.parametrize("name", [
     "hgrn_deit_tiny",
-    pytest.param("hgrn2d_deit_tiny", marks=pytest.mark.xfail(
-        raises=ValueError, strict=True,
-        reason="hgrn_core.hgru2d_op.check_grid refuses a SymInt grid width "
-               "(isinstance(grid_width, int)); torch.onnx.export gets past it through its "
-               "strict (dynamo) capture, where the width looks like an int")),
+    "hgrn2d_deit_tiny",
 ])
 def test_export_with_dynamic_image_size(name):
     """torch.export (non-strict, the default) with a dynamic batch, height and width: the
