@@ -134,9 +134,9 @@ def test_strided_projection_is_read_in_place(monkeypatch):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
 def test_two_threads_equal_one(monkeypatch):
-    # d = 70 on a 3 x 4 grid, batch 1: two threads take blocks of 32 channels, one thread
-    # blocks of 64; the channels and the per-task sums are independent of the blocking, so
-    # the results are bitwise the same
+    # d = 70 on a 3 x 4 grid, batch 1: the row pass takes blocks of 20 channels with two
+    # threads, of 40 with one; the channels and the per-task sums are independent of the
+    # blocking, so the results are bitwise the same
     ran = []
     for name in ("hgru_fwd_parallel", "hgru_bwd_parallel"):
         real = getattr(K, name)

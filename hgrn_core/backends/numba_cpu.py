@@ -77,13 +77,25 @@ def _phases(theta: Optional[Tensor], d: int, dt: torch.dtype):
     return _vector(torch.cos(theta), d, dt, 1.0), _vector(torch.sin(theta), d, dt, 0.0)
 
 
-def _block(B: int, N: int, d: int, threads: int) -> int:
-    """Channels per task: 64, halved (down to 16) while a task's backward scratch exceeds
-    ``_SCRATCH_BYTES`` or there are fewer than four tasks a thread."""
-    nb = 64
-    while nb > 16 and (N * 8 * 4 * nb > _SCRATCH_BYTES or B * -(-d // nb) < 4 * threads):
+def _block(B: int, N: int, d: int, threads: int, widest: int = 64) -> int:
+    """Channels per task: ``widest``, halved (not below 16) while a task's backward scratch
+    exceeds ``_SCRATCH_BYTES`` or there are fewer than four tasks a thread."""
+    nb = widest
+    while nb // 2 >= 16 and (N * 8 * 4 * nb > _SCRATCH_BYTES or
+                             B * -(-d // nb) < 4 * threads):
         nb //= 2
     return min(nb, d)
+
+
+def _block_2d(B: int, N: int, d: int, threads: int) -> int:
+    """Channels per task of the 2-D op's passes: ``d`` split evenly into the fewest blocks of
+    at most 256 (a multiple of 16), then as ``_block``. Its walks are short (a grid line), so
+    wide tasks fit the scratch; each step has a fixed cost (its rows' views, the vectorised
+    loop's checks) that wider tasks share: at (32, 16 x 16, 192) blocks of 192 against 64
+    run the column pass ~20% and the backward ~17% faster. A column step reads a contiguous
+    run of that many channels of each plane."""
+    per = -(-d // -(-d // 256))
+    return _block(B, N, d, threads, -(-per // 16) * 16)
 
 
 def _grid_axes(H: int, Wg: int):
@@ -190,7 +202,7 @@ class NumbaBackend(TorchBackend):
         on = _storage(out).reshape(-1)
         threads = torch.get_num_threads()
         for add, (G, n, inner, step) in enumerate(_grid_axes(N // grid_width, grid_width)):
-            nb = _block(B * G, n, d, threads)
+            nb = _block_2d(B * G, n, d, threads)
             _run(K.hgru_fwd_parallel, K.hgru_fwd_serial, flat, (sB, inner * sN, step * sN), on,
                  (N * W, inner * W, step * W), G, B * G, n, d, W, complex_, lb, cf, sf, cr, sr,
                  unused, False, _MODES[direction], add == 1, unused, nb)
@@ -217,7 +229,7 @@ class NumbaBackend(TorchBackend):
         threads = torch.get_num_threads()
         first = 0
         for add, (G, n, inner, step) in enumerate(_grid_axes(H, grid_width)):
-            nb = _block(B * G, n, d, threads)
+            nb = _block_2d(B * G, n, d, threads)
             dlb, dtf, dtr = (p[first:first + B * G].numpy() for p in parts)
             _run(K.hgru_bwd_parallel, K.hgru_bwd_serial, flat, (sB, inner * sN, step * sN),
                  gflat, (gB, inner * gN, step * gN), dn, (N * P, inner * P, step * P), G, B * G,

@@ -45,7 +45,8 @@ i // G, line i % G), for proj, out, dh and dproj alike. The 1-D op is G = 1; a p
 rows are G = H lines of Wg tokens one token apart, its columns G = Wg lines of H tokens one
 grid row apart, each step still reading contiguous runs of a block's channels. The row pass
 writes out (dproj), then the column pass adds to it (``add``); within a pass tasks own
-disjoint elements, so nothing races. ``ends`` (1-D only) reads h0 / dhN, writes hN / dh0.
+disjoint elements, so nothing races; the per-task partial sums (dlb, dtheta) of both passes
+are summed by the backend. ``ends`` (1-D only) reads h0 / dhN, writes hN / dh0.
 
 Accuracy: the walk is sequential, so in fp32 a rotating state near lam = 1 collects its
 roundings over the ~1 / (1 - lam) steps it remembers: at N = 65,536, lam ~ 0.9998, the state
@@ -327,8 +328,8 @@ def _fwd_task(b, j0, nb, proj, ps, out, os_, G, N, d, W, cplx, lb, cf, sf, cr_, 
     ``add``: add to ``out`` instead of writing it. Rows are taken as views, indexed from 0
     inside the channel loops (no negative-index fix-ups: the loops vectorise). The walks that
     store are called with ``add`` a literal: Numba compiles one copy of each for True and one
-    for False, and the writing copy never loads ``out`` (with a variable flag the load of
-    lines not yet in cache cost the 1-D forward ~10%)."""
+    for False, and the writing copy never loads ``out`` (with a variable flag, that load cost
+    the 1-D forward ~10%)."""
     rev = mode == 1
     lbv = lb[j0:j0 + nb]
     p0 = _at(b, G, ps)
