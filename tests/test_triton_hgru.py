@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", minversion="3.6")  # hgrn_core.backends.MIN_TRITON
 
+import hgrn_core  # noqa: E402
 from hgrn_core.kernels import triton_hgru  # noqa: E402
 from hgrn_core.kernels.triton_hgru import hgru_backward, hgru_forward  # noqa: E402
 
@@ -361,3 +362,20 @@ def test_fast_math_is_the_gpus_branch_and_fp64_stays_exact():
     cfg.on_gpu = True
     assert triton_hgru._fast_math(cfg, torch.float32) == 1    # libdevice fast_expf / fast_dividef
     assert triton_hgru._fast_math(cfg, torch.float64) == 0
+
+
+def test_reverse_through_the_public_entry_takes_theta_reverse_alone():
+    """hgru(direction='reverse') hands the backend theta_reverse only (theta_f None): the
+    wrapper must read that as a complex HGRU, not as a real one given a stray phase."""
+    g = torch.Generator().manual_seed(5)
+    proj = torch.randn(2, 9, 12, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+    tr = torch.randn(4, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+    h0 = torch.randn(2, 8, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+    res = {}
+    for be in ("reference", "triton"):
+        h, hN = hgrn_core.hgru(proj, None, None, tr, direction="reverse", initial_state=h0,
+                               return_final_state=True, backend=be)
+        res[be] = (h, hN) + torch.autograd.grad((h * h.detach().sin()).sum() + hN.sum(),
+                                                (proj, tr, h0))
+    for a, b in zip(res["reference"], res["triton"]):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)

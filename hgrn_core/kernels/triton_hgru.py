@@ -206,18 +206,18 @@ def _check(proj: Tensor, theta_f, theta_r, h0, direction: str):
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if proj.dim() != 3:
         raise ValueError(f"proj must be (B, N, W + d), got shape {tuple(proj.shape)}")
-    real = theta_f is None
+    real = theta_f is None and theta_r is None  # 'reverse' of a complex HGRU has theta_r only
     C = proj.shape[-1]
     if real:
-        if theta_r is not None:
-            raise ValueError("theta_r given without theta_f (real-valued HGRU takes neither)")
         if C % 2:
             raise ValueError(f"real HGRU: proj width must be 2d, got {C}")
         d = C // 2
     else:
-        d = theta_f.numel()
+        d = (theta_f if theta_f is not None else theta_r).numel()
         if C != 3 * d:
             raise ValueError(f"complex HGRU: proj width must be 3d = {3 * d}, got {C}")
+        if direction != "reverse" and (theta_f is None or theta_f.numel() != d):
+            raise ValueError(f"direction {direction!r} needs theta_f of size {d}")
         if direction != "forward" and (theta_r is None or theta_r.numel() != d):
             raise ValueError(f"direction {direction!r} needs theta_r of size {d}")
     if h0 is not None and direction == "both":
