@@ -77,6 +77,18 @@ def _phases(theta: Optional[Tensor], d: int, dt: torch.dtype):
     return _vector(torch.cos(theta), d, dt, 1.0), _vector(torch.sin(theta), d, dt, 0.0)
 
 
+def _op_inputs(proj: Tensor, lower_bound, theta_f, theta_r):
+    """What every walk takes from the op's inputs: complex or not, B, N, P, d, W, the compute
+    dtype, proj's storage and strides (``_rows``), the lower bound and the phases' (cos, sin)
+    as arrays."""
+    complex_ = theta_f is not None or theta_r is not None
+    B, N, P = proj.shape
+    d = P // (3 if complex_ else 2)
+    dt = compute_dtype(proj.dtype)
+    return (complex_, B, N, P, d, P - d, dt, _rows(proj), _vector(lower_bound, d, dt, 0.0),
+            _phases(theta_f, d, dt), _phases(theta_r, d, dt))
+
+
 def _block(B: int, N: int, d: int, threads: int, widest: int = 64) -> int:
     """Channels per task: ``widest``, halved (not below 16) while a task's backward scratch
     exceeds ``_SCRATCH_BYTES`` or there are fewer than four tasks a thread."""
@@ -129,16 +141,9 @@ class NumbaBackend(TorchBackend):
         return torch.device(device).type == "cpu"
 
     def hgru_forward(self, proj, lower_bound, theta_f, theta_r, h0, direction):
-        complex_ = theta_f is not None or theta_r is not None
-        B, N, P = proj.shape
-        d = P // (3 if complex_ else 2)
-        W = P - d
-        dt = compute_dtype(proj.dtype)
+        complex_, B, N, P, d, W, dt, (flat, sB, sN), lb, (cf, sf), (cr, sr) = _op_inputs(
+            proj, lower_bound, theta_f, theta_r)
         mode = _MODES[direction]
-        flat, sB, sN = _rows(proj)
-        lb = _vector(lower_bound, d, dt, 0.0)
-        cf, sf = _phases(theta_f, d, dt)
-        cr, sr = _phases(theta_r, d, dt)
         state = torch.zeros(B, W, dtype=dt)
         h0n = _storage(h0.detach().to(dt).contiguous()) if (h0 is not None and mode != 2) \
             else state.numpy()
@@ -151,17 +156,10 @@ class NumbaBackend(TorchBackend):
         return out, (None if mode == 2 else hN)
 
     def hgru_backward(self, dh, dhN, proj, lower_bound, theta_f, theta_r, h0, direction):
-        complex_ = theta_f is not None or theta_r is not None
-        B, N, P = proj.shape
-        d = P // (3 if complex_ else 2)
-        W = P - d
-        dt = compute_dtype(proj.dtype)
+        complex_, B, N, P, d, W, dt, (flat, sB, sN), lb, (cf, sf), (cr, sr) = _op_inputs(
+            proj, lower_bound, theta_f, theta_r)
         mode = _MODES[direction]
-        flat, sB, sN = _rows(proj)
         gflat, gB, gN = _rows(dh)
-        lb = _vector(lower_bound, d, dt, 0.0)
-        cf, sf = _phases(theta_f, d, dt)
-        cr, sr = _phases(theta_r, d, dt)
         use_h0 = h0 is not None and mode != 2
         h0n = (h0.detach().to(dt).contiguous() if use_h0 else torch.zeros(B, W, dtype=dt))
         dhNn = (dhN.detach().to(dt).contiguous() if (dhN is not None and mode != 2)
@@ -188,15 +186,8 @@ class NumbaBackend(TorchBackend):
     # are in proj's dtype as in 1-D (the same compiled loops): in bf16 / fp16 the row pass's
     # result is rounded before the column pass adds to it (one more rounding).
     def hgru2d_forward(self, proj, lower_bound, theta_f, theta_r, grid_width, direction):
-        complex_ = theta_f is not None or theta_r is not None
-        B, N, P = proj.shape
-        d = P // (3 if complex_ else 2)
-        W = P - d
-        dt = compute_dtype(proj.dtype)
-        flat, sB, sN = _rows(proj)
-        lb = _vector(lower_bound, d, dt, 0.0)
-        cf, sf = _phases(theta_f, d, dt)
-        cr, sr = _phases(theta_r, d, dt)
+        complex_, B, N, P, d, W, dt, (flat, sB, sN), lb, (cf, sf), (cr, sr) = _op_inputs(
+            proj, lower_bound, theta_f, theta_r)
         unused = torch.zeros(1, W, dtype=dt).numpy()    # h0, hN: no initial or final state
         out = torch.empty(B, N, W, dtype=proj.dtype)
         on = _storage(out).reshape(-1)
@@ -209,17 +200,10 @@ class NumbaBackend(TorchBackend):
         return out
 
     def hgru2d_backward(self, dh, proj, lower_bound, theta_f, theta_r, grid_width, direction):
-        complex_ = theta_f is not None or theta_r is not None
-        B, N, P = proj.shape
-        d = P // (3 if complex_ else 2)
-        W = P - d
+        complex_, B, N, P, d, W, dt, (flat, sB, sN), lb, (cf, sf), (cr, sr) = _op_inputs(
+            proj, lower_bound, theta_f, theta_r)
         H = N // grid_width
-        dt = compute_dtype(proj.dtype)
-        flat, sB, sN = _rows(proj)
         gflat, gB, gN = _rows(dh)
-        lb = _vector(lower_bound, d, dt, 0.0)
-        cf, sf = _phases(theta_f, d, dt)
-        cr, sr = _phases(theta_r, d, dt)
         unused = torch.zeros(1, W, dtype=dt).numpy()    # h0, dhN, dh0
         dproj = torch.empty(B, N, P, dtype=proj.dtype)
         dn = _storage(dproj).reshape(-1)
