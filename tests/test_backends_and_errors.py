@@ -69,6 +69,9 @@ def test_unknown_backend_names_the_choices(monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks CPU tensors without a GPU")
 @pytest.mark.skipif(not triton_usable(), reason="needs triton >= 3.6 (else the version is named)")
 def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
+    # load the backend (and its kernel modules) under the interpreter first: importing them
+    # with TRITON_INTERPRET unset would make compiled-mode kernels for the rest of the session
+    hgrn_core.get_backend("triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     u, v, lam, theta = inputs()
     with pytest.raises(ValueError, match="cannot run on cpu tensors.*torch"):
