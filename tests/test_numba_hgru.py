@@ -116,12 +116,29 @@ def test_length_one_and_two(N):
                1e-12, 0)
 
 
-def test_several_channel_blocks_with_a_partial_one():
-    # d = 70: tasks of 16 channels (two threads, batch 2) and a last block of 6
+@pytest.mark.parametrize("width", [16, 48])
+def test_several_channel_blocks_with_a_partial_one(monkeypatch, width):
+    # d = 70 in tasks of ``width`` channels and a last, partial block (6 or 22 channels)
+    from hgrn_core.backends import numba_cpu
+    monkeypatch.setattr(numba_cpu, "_block", lambda *a, **k: width)
+    monkeypatch.setattr(numba_cpu, "_block_forward", lambda *a, **k: width)
     for direction in DIRECTIONS:
         leaves = _case(2, 9, 70, True, direction)
         _close(_outputs("numba", leaves, direction), _outputs("reference", leaves, direction),
                1e-12, 0)
+
+
+def test_forward_blocks_are_wide_and_share_the_threads():
+    from hgrn_core.backends.numba_cpu import _block_forward
+    assert _block_forward(32, 192, 2) == 192        # one task a batch row
+    assert _block_forward(2, 192, 2) == 192         # one row per thread
+    assert _block_forward(1, 192, 2) == 96          # every thread gets a task
+    assert _block_forward(3, 192, 2) == 96          # six even tasks, not 2 + 1
+    assert _block_forward(1, 192, 16) == 16         # the narrowest block
+    assert _block_forward(4, 600, 2) == 208         # at most 256 wide, an even split
+    for B, d, t in [(1, 70, 2), (5, 13, 4), (7, 384, 8), (1, 1, 2)]:
+        nb = _block_forward(B, d, t)
+        assert 1 <= nb <= d and (nb == d or nb % 16 == 0)
 
 
 def test_long_sequence_with_decays_near_one():

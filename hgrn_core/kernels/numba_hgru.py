@@ -7,11 +7,13 @@
     both:     h = h_fwd + h_rev                             (no initial / final state)
 
 The same algorithm as the Triton kernels (``triton_hgru``), laid out for a CPU. A *task*
-owns one batch row and a block of ``nb`` channels (at most ``BLOCK`` = 64); tasks run in
-parallel (``prange``; a serial driver for one thread). A task walks time with its state in
-small local arrays, forming the gates on the fly from ``proj``; the inner loop runs over the
-task's channels, contiguous in memory, so LLVM vectorises it (the fp32 ``exp`` below is a
-polynomial, not a libm call, for that reason). ``proj`` is read through its row strides (a
+owns one batch row and a block of ``nb`` channels (chosen by the backend: wide in the
+forward, narrower where the backward's scratch must stay in cache); tasks run in parallel
+(``prange``; a serial driver for one thread). A task walks time with its state in small
+local arrays, forming the gates on the fly from ``proj`` and prefetching the rows it will
+read ``AHEAD`` steps later; the inner loop runs over the task's channels, contiguous in
+memory, so LLVM vectorises it (the fp32 ``exp`` below is a polynomial, not a libm call, for
+that reason). ``proj`` is read through its row strides (a
 column slice of a wider tensor is fine) in its own dtype: bf16 and fp16 arrive as raw 16-bit
 integers (int16 = bf16, uint16 = fp16) and are widened in registers; no fp32 copy is made.
 Math runs in fp32 (fp64 for fp64 inputs); outputs are written in ``proj``'s dtype.
@@ -19,7 +21,7 @@ Math runs in fp32 (fp64 for fp64 inputs); outputs are written in ``proj``'s dtyp
 Walks (L: t ascending, R: descending); H = a state, D = its gradient state (docs/spec.md §5.1)
 
     forward op   'forward': L {HF}           'reverse': R {HR}
-                 'both':    L {HF -> scratch, gates -> scratch}, R {HR, out = HF + HR}
+                 'both':    L {HF -> out}, R {HR, out += HR}  (both form their gates)
     backward     'forward': L {HF -> scratch}, R {DF, gates' backward}
                  'reverse': R {HR -> scratch}, L {DR, gates' backward}
                  'both':    L {HF -> S1, gates -> G}, R {HR -> S2, DF -> S1, dlam_f -> G},
@@ -62,9 +64,10 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-BLOCK = 64          # channels per task, at most
+AHEAD = 4           # steps between prefetching a row and reading it
 _FLUSH = 128        # steps summed in the compute dtype before the sums move into fp64
 _OPTS = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -134,6 +137,23 @@ def _f32_f16(typingctx, x):
         def codegen(context, builder, sig, args):
             return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
         return types.uint16(x), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, a, i):
+    """A hint to bring the cache line of ``a[i]`` in (``llvm.prefetch``: read, keep). It
+    never faults; the walks still only ask for rows inside the sequence."""
+    if isinstance(a, types.Array) and isinstance(i, types.Integer):
+        def codegen(context, builder, sig, args):
+            data = context.make_array(sig.args[0])(context, builder, args[0]).data
+            ptr = builder.gep(data, [args[1]])
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+                "llvm.prefetch.p0")
+            builder.call(fn, [ptr, i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+        return types.void(a, i), codegen
 
 
 def _widen(x):
@@ -285,6 +305,7 @@ def _state_walk(b, j0, nb, proj, p0, pT, N, d, W, cplx, lbv, cs, sn, h0, use_h0,
     for step in range(N):
         t = N - 1 - step if rev else step
         pb = p0 + t * pT
+        _fetch_ahead(proj, p0, pT, step, N, rev, j0, nb, d, cplx, W)
         mu = proj[pb + W + j0:pb + W + j0 + nb]
         cre = proj[pb + j0:pb + j0 + nb]
         cim = proj[pb + d + j0:pb + d + j0 + nb] if cplx else cre
@@ -321,35 +342,65 @@ def _state_walk(b, j0, nb, proj, p0, pT, N, d, W, cplx, lbv, cs, sn, h0, use_h0,
 
 
 @njit(**_OPTS)
+def _fetch(a, i, n):
+    """Prefetch the cache lines of ``a[i:i + n]``. A walk asks for the rows it reads
+    ``AHEAD`` steps before it reads them: its steps are a token row apart (kilobytes, often
+    the next page), where the hardware prefetchers stop, so without this every step waits
+    on memory."""
+    for o in range(0, n, max(1, 64 // a.itemsize)):
+        _prefetch(a, i + o)
+    _prefetch(a, i + n - 1)
+
+
+@njit(**_OPTS)
+def _fetch_ahead(a, a0, aT, step, N, rev, j0, nb, d, cplx, W):
+    """At ``step`` of a walk, prefetch the row it reads ``AHEAD`` steps later in ``a`` (the
+    sequence at a0, steps aT apart): channels j0 .. j0 + nb of the real plane, of the
+    imaginary one (``cplx``) and, with W > 0, of mu (at W)."""
+    if step + AHEAD < N:
+        t = N - 1 - step - AHEAD if rev else step + AHEAD
+        q = a0 + t * aT + j0
+        _fetch(a, q, nb)
+        if cplx:
+            _fetch(a, q + d, nb)
+        if W > 0:
+            _fetch(a, q + W, nb)
+
+
+@njit(**_OPTS)
 def _fwd_task(b, j0, nb, proj, ps, out, os_, G, N, d, W, cplx, lb, cf, sf, cr_, sr_, h0, ends,
               mode, add, hN):
     """One task of the forward op: sequence b (addressed by ``_at``), channels j0 .. j0 + nb
     of each plane. mode 0 forward, 1 reverse, 2 both; ``ends``: read h0 and write hN (1-D);
-    ``add``: add to ``out`` instead of writing it. Rows are taken as views, indexed from 0
-    inside the channel loops (no negative-index fix-ups: the loops vectorise). The walks that
-    store are called with ``add`` a literal: Numba compiles one copy of each for True and one
-    for False, and the writing copy never loads ``out`` (with a variable flag, that load cost
-    the 1-D forward ~10%)."""
-    rev = mode == 1
+    ``add``: add to ``out`` instead of writing it. 'both' is the forward walk writing (or
+    adding) h_fwd and the reverse walk adding h_rev, each forming its gates from ``proj``:
+    reading the projection again costs the same bytes as keeping the gates in a scratch
+    (three values a channel and step) and none of its writes; the reverse walk starts on
+    the rows the forward walk read last, still in cache. The walks are called with ``add``
+    a literal: Numba compiles one copy of each for True and one for False, and the writing
+    copy never loads ``out`` (with a variable flag, that load cost the 1-D forward ~10%)."""
     lbv = lb[j0:j0 + nb]
     p0 = _at(b, G, ps)
     o0 = _at(b, G, os_)
-    if mode == 2:
-        # L: the forward states and the gates into S, then R: out = h_fwd + h_rev
-        S = np.empty((N, 5, nb), lb.dtype)
-        _state_walk(b, j0, nb, proj, p0, ps[2], N, d, W, cplx, lbv, cf[j0:j0 + nb],
-                    sf[j0:j0 + nb], h0, rev, rev, S)   # (rev is False; not a literal)
-        cs = cr_[j0:j0 + nb]
-        sn = sr_[j0:j0 + nb]
-        if add:
-            _reverse_over(j0, nb, N, d, W, cplx, cs, sn, S, out, o0, os_[2], True)
-        else:
-            _reverse_over(j0, nb, N, d, W, cplx, cs, sn, S, out, o0, os_[2], False)
-        return
-    cs = (cr_ if rev else cf)[j0:j0 + nb]
-    sn = (sr_ if rev else sf)[j0:j0 + nb]
     hr = np.zeros(nb, lb.dtype)
     hi = np.zeros(nb, lb.dtype)
+    if mode == 2:
+        cs = cf[j0:j0 + nb]
+        sn = sf[j0:j0 + nb]
+        if add:
+            _one_way(proj, p0, ps[2], out, o0, os_[2], N, d, W, cplx, j0, nb, lbv, cs, sn, hr,
+                     hi, False, True)
+        else:
+            _one_way(proj, p0, ps[2], out, o0, os_[2], N, d, W, cplx, j0, nb, lbv, cs, sn, hr,
+                     hi, False, False)
+        hr[:] = 0
+        hi[:] = 0
+        _one_way(proj, p0, ps[2], out, o0, os_[2], N, d, W, cplx, j0, nb, lbv, cr_[j0:j0 + nb],
+                 sr_[j0:j0 + nb], hr, hi, True, True)
+        return
+    rev = mode == 1
+    cs = (cr_ if rev else cf)[j0:j0 + nb]
+    sn = (sr_ if rev else sf)[j0:j0 + nb]
     if ends:
         hr[:] = h0[b, j0:j0 + nb]
         if cplx:
@@ -368,12 +419,15 @@ def _fwd_task(b, j0, nb, proj, ps, out, os_, G, N, d, W, cplx, lb, cf, sf, cr_, 
 
 @njit(**_OPTS)
 def _one_way(proj, p0, pT, out, o0, oT, N, d, W, cplx, j0, nb, lbv, cs, sn, hr, hi, rev, add):
-    """The walk of 'forward' / 'reverse' from the state (hr, hi), writing (or adding) h."""
+    """The walk of one direction from the state (hr, hi), writing (or adding) h."""
     one = _cast(lbv[0], 1.0)
     for step in range(N):
         t = N - 1 - step if rev else step
         pb = p0 + t * pT
         ob = o0 + t * oT
+        _fetch_ahead(proj, p0, pT, step, N, rev, j0, nb, d, cplx, W)
+        if add:
+            _fetch_ahead(out, o0, oT, step, N, rev, j0, nb, d, cplx, 0)
         mu = proj[pb + W + j0:pb + W + j0 + nb]
         cre = proj[pb + j0:pb + j0 + nb]
         ore = out[ob + j0:ob + j0 + nb]
@@ -399,39 +453,6 @@ def _one_way(proj, p0, pT, out, o0, oT, N, d, W, cplx, j0, nb, lbv, cs, sn, hr, 
                 nr = lam * hr[k] + x
                 hr[k] = nr
                 _store(ore, k, nr, add)
-
-
-@njit(**_OPTS)
-def _reverse_over(j0, nb, N, d, W, cplx, cs, sn, S, out, o0, oT, add):
-    """The reverse walk of 'both' over the stored gates: out (at o0, step oT) = h_fwd
-    (S[t, 0:2]) + h_rev, or += with ``add``."""
-    hr = np.zeros(nb, S.dtype)
-    hi = np.zeros(nb, S.dtype)
-    for step in range(N):
-        t = N - 1 - step
-        ob = o0 + t * oT
-        shr = S[t, 0]
-        shi = S[t, 1]
-        sl = S[t, 2]
-        sxr = S[t, 3]
-        sxi = S[t, 4]
-        ore = out[ob + j0:ob + j0 + nb]
-        if cplx:
-            oim = out[ob + d + j0:ob + d + j0 + nb]
-            for k in range(nb):
-                a = sl[k] * cs[k]
-                bb = sl[k] * sn[k]
-                nr = a * hr[k] - bb * hi[k] + sxr[k]
-                ni = a * hi[k] + bb * hr[k] + sxi[k]
-                hr[k] = nr
-                hi[k] = ni
-                _store(ore, k, nr + shr[k], add)
-                _store(oim, k, ni + shi[k], add)
-        else:
-            for k in range(nb):
-                nr = sl[k] * hr[k] + sxr[k]
-                hr[k] = nr
-                _store(ore, k, nr + shr[k], add)
 
 
 @njit(parallel=True, **_OPTS)
@@ -497,6 +518,7 @@ def _bwd_task(b, j0, nb, proj, ps, dh, gs, dproj, ds, G, N, d, W, cplx, lb, cf, 
                 _flush(accf, accf64)
             t = N - 1 - step
             gb = g0 + t * gs[2]
+            _fetch_ahead(dh, g0, gs[2], step, N, True, j0, nb, d, cplx, 0)
             sl = S[t, 2]
             sxr = S[t, 3]
             sxi = S[t, 4]
@@ -584,6 +606,10 @@ def _bwd_task(b, j0, nb, proj, ps, dh, gs, dproj, ds, G, N, d, W, cplx, lb, cf, 
         pb = p0 + t * ps[2]
         gb = g0 + t * gs[2]
         ob = q0 + t * ds[2]
+        _fetch_ahead(proj, p0, ps[2], step, N, rev_f, j0, nb, d, cplx, W)
+        _fetch_ahead(dh, g0, gs[2], step, N, rev_f, j0, nb, d, cplx, 0)
+        if add:
+            _fetch_ahead(dproj, q0, ds[2], step, N, rev_f, j0, nb, d, cplx, W)
         mu = proj[pb + W + j0:pb + W + j0 + nb]
         cre = proj[pb + j0:pb + j0 + nb]
         gre = dh[gb + j0:gb + j0 + nb]
