@@ -26,7 +26,9 @@
   time per op and model step, profiler tables, ``gpu_profile.py``), ``--report host-overhead``
   (host microseconds per call of each layer of the ops, kernels stubbed; runs on the CPU,
   ``host_overhead.py``), ``--report saved-activations [OUTDIR]
-  [--cpu-speed]`` (the CPU activation-memory measure, ``saved_activations.py``); the
+  [--cpu-speed]`` (the CPU activation-memory measure, ``saved_activations.py``),
+  ``--report cpu-recurrence [OUTDIR]`` (what the recurrence costs on the CPU: hgrn_deit_tiny
+  against its twin without it, ``cpu_recurrence.py``); the
   arguments after the report's name go to that report (``--report gpu --help``).
 """
 from __future__ import annotations
@@ -446,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 # report name -> module (in tools/measure/, installed as hgrn_tools.measure) whose main(argv) runs it
 REPORTS = {"gpu": "gpu_report", "gpu-profile": "gpu_profile",
            "saved-activations": "saved_activations", "tune-hgru": "tune_hgru",
-           "host-overhead": "host_overhead"}
+           "host-overhead": "host_overhead", "cpu-recurrence": "cpu_recurrence"}
 
 
 def run_report(argv: Sequence[str]) -> Optional[int]:
