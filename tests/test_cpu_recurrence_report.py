@@ -1,5 +1,6 @@
 """The CPU recurrence report (hgrn-benchmark --report cpu-recurrence): ratios and verdicts
-computed from the measured steps, every case interleaved per round, and the markdown."""
+computed from the measured steps, every model timed in every round in rotated order, the
+worker process, and the markdown."""
 from __future__ import annotations
 
 import pytest
@@ -10,50 +11,51 @@ except ImportError:  # a checkout
     from tools.measure import benchmark, cpu_recurrence as cr
 
 
-def _rec(column, size, batch, mode, min_ms, status="ok"):
-    return dict(column=column, img_size=size, batch_size=batch, mode=mode, status=status,
-                min_ms=min_ms, median_ms=min_ms * 1.1)
-
-
 def test_rows_take_the_fastest_step_and_compare_with_the_twin():
     points = ((224, 32, "infer", 0.9), (224, 8, "train", 0.85))
-    raw = [_rec("hgrn", 224, 32, "infer", 110.0), _rec("hgrn", 224, 32, "infer", 100.0),
-           _rec("twin", 224, 32, "infer", 95.0), _rec("twin", 224, 32, "infer", 80.0),
-           _rec("deit", 224, 32, "infer", 50.0), _rec("hgrn_torch", 224, 32, "infer", 200.0),
-           _rec("hgrn", 224, 8, "train", 10.0, status="error"),
-           _rec("twin", 224, 8, "train", 8.0), _rec("deit", 224, 8, "train", 5.0)]
+    raw = [dict(img_size=224, batch=32, mode="infer",
+                times={"hgrn": [110.0, 100.0, 130.0], "twin": [95.0, 80.0, 90.0],
+                       "deit": [50.0, 60.0, 55.0], "hgrn_torch": [200.0, 210.0, 250.0]}),
+           dict(img_size=224, batch=8, mode="train", error="worker exited with 1: boom")]
     fwd, train = cr.rows_from(raw, points)
-    assert fwd["hgrn"]["ms"] == 100.0 and fwd["twin"]["ms"] == 80.0    # the fastest round
+    assert fwd["hgrn"]["ms"] == 100.0 and fwd["twin"]["ms"] == 80.0    # the fastest step
+    assert fwd["hgrn"]["median_ms"] == 110.0
     assert fwd["hgrn"]["img_per_s"] == pytest.approx(320.0)
     assert fwd["hgrn/twin"] == pytest.approx(0.8)                      # speed: 80 / 100
+    assert fwd["hgrn/twin paired"] == pytest.approx(0.8)              # median of .86 .8 .69
     assert fwd["hgrn_torch/twin"] == pytest.approx(0.4)
     assert fwd["hgrn/deit"] == pytest.approx(0.5)
     assert fwd["status"] == "falls short"                              # 0.8 < 0.9
-    assert train["hgrn"] is None and train["status"] == "not measured"  # its case failed
-    raw.append(_rec("hgrn", 224, 8, "train", 9.0))
+    assert train["hgrn"] is None and train["status"] == "not measured (worker exited with 1: boom)"
+    raw[1] = dict(img_size=224, batch=8, mode="train", times={"hgrn": [9.0], "twin": [8.0]})
     assert cr.rows_from(raw, points)[1]["status"] == "holds"           # 8 / 9 >= 0.85
 
 
-def test_measure_interleaves_every_case_and_renders(monkeypatch):
-    """Tiny size, in-process: every column of every point in each round, in order."""
-    calls = []
+def test_every_round_times_every_model_in_rotated_order(monkeypatch):
+    import importlib
+    import types
+    factory = importlib.import_module(cr.__package__.rsplit(".", 1)[0] + ".model_factory")
+    order = []
+    monkeypatch.setattr(cr, "COLUMNS", {"a": ("A", None), "b": ("B", None), "c": ("C", None)})
+    monkeypatch.setattr(factory, "create_model",
+                        lambda name, size, backend: types.SimpleNamespace(tag=name))
+    monkeypatch.setattr(benchmark, "build_step",
+                        lambda model, x, mode, *a, **k: (lambda: order.append(model.tag)))
+    times = cr.time_point(56, 1, "infer", ["a", "b", "c"], rounds=3, warmup=1, threads=1)
+    assert order == ["A", "B", "C"] + ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
 
-    def fake(case, timeout):
-        calls.append((case["model"], case.get("backend"), case["img_size"], case["mode"]))
-        return benchmark.run_case(case)
 
-    monkeypatch.setattr(benchmark, "run_case_subprocess", fake)
-    points = ((56, 1, "infer", 0.9), (56, 1, "train", 0.85))
-    res = cr.measure(rounds=2, threads=1, warmup=0, iters=1, points=points)
-    per_round = [(m, b, 56, mode) for _, _, mode, _ in points for m, b in cr.COLUMNS.values()]
-    assert calls == per_round * 2
-    rows = res["rows"]
-    assert all(r[c] is not None and r[c]["rounds"] == 2 for r in rows for c in cr.COLUMNS)
-    for r in rows:
-        assert r["hgrn/twin"] == pytest.approx(r["twin"]["ms"] / r["hgrn"]["ms"])
-        assert r["status"] == ("holds" if r["hgrn/twin"] >= r["goal"] else "falls short")
+def test_the_worker_measures_a_tiny_point_and_the_report_renders():
+    """The real models at 56 px in a fresh process (the worker), then the markdown."""
+    points = ((56, 1, "infer", 0.9),)
+    res = cr.measure(rounds=2, threads=1, warmup=1, points=points, timeout=300)
+    (row,) = res["rows"]
+    assert "error" not in res["raw"][0], res["raw"][0]
+    assert all(row[c] is not None and row[c]["ms"] > 0 for c in cr.COLUMNS)
+    assert row["hgrn/twin"] == pytest.approx(row["twin"]["ms"] / row["hgrn"]["ms"])
+    assert row["status"] == ("holds" if row["hgrn/twin"] >= 0.9 else "falls short")
     env = dict(cpu="cpu", threads=1, torch="t", timm="t", backend=cr.auto_backend_name(),
-               commit="abc", date="today", rounds=2, warmup=0, iters=1)
+               commit="abc", date="today", rounds=2, warmup=1)
     md = cr.format_markdown(dict(columns=list(cr.COLUMNS), env=env, **res))
     assert f"hgrn ({env['backend']}) img/s" in md and "| forward, 56 px, batch 1 |" in md
-    assert md.count("\n| training step, 56 px, batch 1 |") == 1

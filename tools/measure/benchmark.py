@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -139,30 +139,22 @@ def run_case(case: Dict[str, Any]) -> Dict[str, Any]:
     return rec
 
 
-def _measure(case: Dict[str, Any], device: torch.device, rec: Dict[str, Any]) -> None:
-    bs, size, mode = int(case["batch_size"]), int(case["img_size"]), case["mode"]
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[case.get("amp") or "none"]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        rec["mem_scope"] = "cuda_max_allocated"
-    else:
-        base = None
-        rec["mem_scope"] = ("case (fresh process)" if case.get("isolated")
-                            else "case (VmHWM reset)" if reset_peak_rss() else "process so far")
-    rec["rss_base_mib"] = rss_mib()
-
-    model = create_model(case["model"], size, case.get("backend")).to(device)
-    rec["params"] = sum(p.numel() for p in model.parameters())
-    x = torch.randn(bs, 3, size, size, device=device)
+def build_step(model: torch.nn.Module, x: torch.Tensor, mode: str,
+               amp: Optional[torch.dtype] = None, optimizer: str = "sgd",
+               compile: bool = False) -> Callable[[], None]:
+    """One benchmark step of ``model`` on the batch ``x``: inference (``mode`` 'infer',
+    ``torch.inference_mode``) or training ('train': forward, cross-entropy on random
+    labels, backward, optimizer step), under autocast when ``amp`` is a dtype."""
+    device = x.device
+    bs = x.shape[0]
     train = mode == "train"
     model.train(train)
-    fn = torch.compile(model) if case.get("compile") else model
+    fn = torch.compile(model) if compile else model
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else None
 
     if train:
         opt_cls = {"sgd": lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9),
-                   "adamw": lambda p: torch.optim.AdamW(p, lr=1e-4)}[case.get("optimizer", "sgd")]
+                   "adamw": lambda p: torch.optim.AdamW(p, lr=1e-4)}[optimizer]
         opt = opt_cls(model.parameters())
         scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16 and device.type == "cuda")
         y = None
@@ -189,6 +181,26 @@ def _measure(case: Dict[str, Any], device: torch.device, rec: Dict[str, Any]) ->
                         fn(x)
                 else:
                     fn(x)
+    return step
+
+
+def _measure(case: Dict[str, Any], device: torch.device, rec: Dict[str, Any]) -> None:
+    bs, size, mode = int(case["batch_size"]), int(case["img_size"]), case["mode"]
+    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[case.get("amp") or "none"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        rec["mem_scope"] = "cuda_max_allocated"
+    else:
+        base = None
+        rec["mem_scope"] = ("case (fresh process)" if case.get("isolated")
+                            else "case (VmHWM reset)" if reset_peak_rss() else "process so far")
+    rec["rss_base_mib"] = rss_mib()
+
+    model = create_model(case["model"], size, case.get("backend")).to(device)
+    rec["params"] = sum(p.numel() for p in model.parameters())
+    x = torch.randn(bs, 3, size, size, device=device)
+    step = build_step(model, x, mode, amp, case.get("optimizer", "sgd"), bool(case.get("compile")))
 
     def sync():
         if device.type == "cuda":

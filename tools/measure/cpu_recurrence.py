@@ -1,6 +1,6 @@
 """What the HGRU's recurrence costs on the CPU: issue 17's goals, measured side by side.
 
-    hgrn-benchmark --report cpu-recurrence [OUTDIR] [--threads 2] [--rounds 3]   # ~10 min, 2 cores
+    hgrn-benchmark --report cpu-recurrence [OUTDIR] [--threads 2] [--rounds 10]   # ~5 min, 2 cores
     python -m hgrn_tools.measure.cpu_recurrence [OUTDIR]
 
 hgrn_deit_tiny against its twin without the recurrence (``mixer=hgru_no_recurrence``: the
@@ -11,17 +11,21 @@ hgrn runs on the backend ``auto`` picks for CPU tensors (numba when ``hgrn[cpu]`
 installed); the same model on the torch backend is measured beside it (the "before" column;
 ``--no-torch-backend`` leaves it out).
 
-Protocol: ``hgrn-benchmark``'s cases (``benchmark.run_case``), each in a fresh process,
-all models of all points interleaved in every round. A case runs ``--warmup`` untimed
-steps and ``--iters`` timed ones; its figure is the fastest step, and each model's figure is
-the fastest over the rounds (on a shared machine the fastest step is the one least slowed
-by others; the medians are in the JSON).
+Protocol: one fresh process per point holds all the models (``benchmark.build_step``: the
+steps of ``hgrn-benchmark``); after ``--warmup`` steps of each, every round times one step of
+each model, the order rotated from round to round, so that whatever else the machine is
+doing falls on all of them alike. A model's figure is its fastest step ("best of each": on
+a shared machine the step least slowed by others); the verdict uses the ratio of those. The
+median over rounds of the paired ratio (twin's step / hgrn's step of the same round) is
+reported beside it as a check, and every step time is in the JSON.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -42,51 +46,91 @@ def auto_backend_name() -> str:
     return name(torch.device("cpu"))
 
 
-def measure(rounds: int = 3, threads: Optional[int] = None, warmup: int = 2, iters: int = 5,
-            points=POINTS, columns: Sequence[str] = tuple(COLUMNS),
-            timeout: Optional[float] = None, log=None) -> Dict[str, Any]:
-    """Every (point, column) case ``rounds`` times, interleaved; the rows of the table."""
-    from . import benchmark
-    raw: List[Dict[str, Any]] = []
+def time_point(size: int, batch: int, mode: str, columns: Sequence[str], rounds: int,
+               warmup: int, threads: int) -> Dict[str, List[float]]:
+    """In this process: every column's model at one point, step times (ms) per round."""
+    from ..model_factory import create_model, import_plugins
+    from .benchmark import build_step
+    import_plugins(())
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size)
+    steps = {}
+    for col in columns:
+        model, backend = COLUMNS[col]
+        steps[col] = build_step(create_model(model, size, backend), x, mode)
+        for _ in range(warmup):
+            steps[col]()
+    times: Dict[str, List[float]] = {col: [] for col in columns}
     for r in range(rounds):
-        for size, batch, mode, _ in points:
-            for col in columns:
-                model, backend = COLUMNS[col]
-                case = dict(model=model, img_size=size, batch_size=batch, mode=mode,
-                            device="cpu", amp="none", compile=False, backend=backend,
-                            threads=threads or os.cpu_count(), warmup=warmup, iters=iters,
-                            optimizer="sgd", imports=[])
-                rec = benchmark.run_case_subprocess(case, timeout)
-                rec["column"] = col
-                raw.append(rec)
-                if log:
-                    log(f"  round {r + 1}/{rounds} {col:<10} " + benchmark._line(rec))
+        k = r % len(columns)
+        for col in list(columns[k:]) + list(columns[:k]):
+            t0 = time.perf_counter()
+            steps[col]()
+            times[col].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def time_point_subprocess(size: int, batch: int, mode: str, columns: Sequence[str],
+                          rounds: int, warmup: int, threads: int,
+                          timeout: Optional[float] = None) -> Dict[str, Any]:
+    """``time_point`` in a fresh Python process: {"times": ...} or {"error": message}."""
+    job = dict(size=size, batch=batch, mode=mode, columns=list(columns), rounds=rounds,
+               warmup=warmup, threads=threads)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([p or os.getcwd() for p in sys.path])
+    cmd = [sys.executable, "-m", f"{__package__}.cpu_recurrence", "--_worker", json.dumps(job)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {timeout:g} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    tail = " | ".join((proc.stderr or "").strip().splitlines()[-3:])
+    return {"error": f"worker exited with {proc.returncode}: {tail}"}
+
+
+def measure(rounds: int = 10, threads: Optional[int] = None, warmup: int = 2, points=POINTS,
+            columns: Sequence[str] = tuple(COLUMNS), timeout: Optional[float] = None,
+            run=time_point_subprocess, log=None) -> Dict[str, Any]:
+    """Every point in its own process (``run``); the rows of the table and the raw times."""
+    raw = []
+    for size, batch, mode, _ in points:
+        res = run(size, batch, mode, columns, rounds, warmup, threads or os.cpu_count(),
+                  timeout=timeout)
+        raw.append(dict(img_size=size, batch=batch, mode=mode, **res))
+        if log:
+            log(f"  {mode} {size} px b{batch}: " + (res["error"] if "error" in res else "  ".join(
+                f"{c} {min(t):.1f} ms" for c, t in res["times"].items())))
     return {"rows": rows_from(raw, points, columns), "raw": raw}
 
 
 def rows_from(raw: List[Dict[str, Any]], points=POINTS, columns: Sequence[str] = tuple(COLUMNS)
               ) -> List[Dict[str, Any]]:
-    """Per point: each column's fastest step (ms) over the rounds and its img/s, the ratios
-    to the twin and to deit (speed ratios: hgrn / twin = twin's ms / hgrn's ms) and the
-    goal's verdict."""
+    """Per point: each column's fastest step (ms) and its img/s; the speed ratios to the
+    twin and to deit from those (hgrn / twin = twin's ms / hgrn's ms), the goal's verdict on
+    hgrn / twin, and the median over rounds of the paired ratio as a check."""
     rows = []
     for size, batch, mode, goal in points:
         row: Dict[str, Any] = dict(img_size=size, batch=batch, mode=mode, goal=goal)
+        got = next((r for r in raw if (r["img_size"], r["batch"], r["mode"]) == (size, batch, mode)),
+                   {"error": "not run"})
+        times = got.get("times") or {}
         for col in columns:
-            ok = [r for r in raw if r.get("column") == col and r["img_size"] == size
-                  and r["batch_size"] == batch and r["mode"] == mode and r["status"] == "ok"]
-            best = min((r["min_ms"] for r in ok), default=None)
-            row[col] = None if best is None else dict(
-                ms=best, img_per_s=batch / best * 1e3, rounds=len(ok),
-                median_ms=[round(r["median_ms"], 2) for r in ok])
-        speed = lambda c: row[c]["img_per_s"] if row.get(c) else None  # noqa: E731
+            t = times.get(col)
+            row[col] = None if not t else dict(ms=min(t), img_per_s=batch / min(t) * 1e3,
+                                               median_ms=statistics.median(t))
         for num in ("hgrn", "hgrn_torch"):
             for den in ("twin", "deit"):
-                a, b = speed(num), speed(den)
-                row[f"{num}/{den}"] = None if a is None or b is None else a / b
+                a, b = row.get(num), row.get(den)
+                row[f"{num}/{den}"] = None if not a or not b else b["ms"] / a["ms"]
+        if times.get("hgrn") and times.get("twin"):
+            row["hgrn/twin paired"] = statistics.median(
+                tw / hg for tw, hg in zip(times["twin"], times["hgrn"]))
         ratio = row.get("hgrn/twin")
-        row["status"] = ("not measured" if ratio is None else
-                         "holds" if ratio >= goal else "falls short")
+        row["status"] = ("not measured" + (f" ({got['error']})" if got.get("error") else "")
+                         if ratio is None else "holds" if ratio >= goal else "falls short")
         rows.append(row)
     return rows
 
@@ -105,20 +149,21 @@ def format_markdown(report: Dict[str, Any]) -> str:
     names = {"hgrn": f"hgrn ({env['backend']})", "hgrn_torch": "hgrn (torch)",
              "twin": "twin", "deit": "deit_tiny"}
     head = (["point"] + [names[c] + " img/s" for c in cols] +
-            ["hgrn / twin"] + (["torch / twin"] if "hgrn_torch" in cols else []) +
+            ["hgrn / twin", "paired"] + (["torch / twin"] if "hgrn_torch" in cols else []) +
             ["hgrn / deit", "goal", "result"])
     out = [f"# The recurrence on the CPU: hgrn_deit_tiny vs its twin without recurrence", "",
            f"- {env['cpu']}, {env['threads']} threads, torch {env['torch']}, timm {env['timm']}, "
            f"backend of `auto`: {env['backend']}, commit {env.get('commit') or 'unknown'}, "
            f"{env['date']}",
-           f"- fp32, eager; a fresh process per case, all cases interleaved, {env['rounds']} "
-           f"rounds; each case {env['warmup']} warm-up and {env['iters']} timed steps; the "
-           f"fastest step of all rounds", "",
+           f"- fp32, eager; a fresh process per point holding every model; {env['warmup']} "
+           f"warm-up steps each, then {env['rounds']} rounds of one step of each, in rotated "
+           f"order; img/s from each model's fastest step; paired: the median over rounds of "
+           f"twin / hgrn in the same round", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         cells = [f"{POINT_NAMES[r['mode']]}, {r['img_size']} px, batch {r['batch']}"]
         cells += [_f(r[c]["img_per_s"] if r.get(c) else None, ".2f") for c in cols]
-        cells.append(_f(r.get("hgrn/twin"), ".2f"))
+        cells += [_f(r.get("hgrn/twin"), ".2f"), _f(r.get("hgrn/twin paired"), ".2f")]
         if "hgrn_torch" in cols:
             cells.append(_f(r.get("hgrn_torch/twin"), ".2f"))
         cells += [_f(r.get("hgrn/deit"), ".2f"), f">= {r['goal']:g}", r["status"]]
@@ -135,24 +180,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir", nargs="?", default=None,
                    help="folder for cpu_recurrence.json / .md (default: print only)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iters", type=int, default=5)
     p.add_argument("--no-torch-backend", action="store_true",
                    help="leave out hgrn on the torch backend (the 'before' column)")
-    p.add_argument("--timeout", type=float, default=900, help="seconds per case")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per point")
+    p.add_argument("--_worker", help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args._worker:  # child of time_point_subprocess: one point, one JSON line
+        job = json.loads(args._worker)
+        try:
+            out = {"times": time_point(job["size"], job["batch"], job["mode"], job["columns"],
+                                       job["rounds"], job["warmup"], job["threads"])}
+        except Exception as err:  # noqa: BLE001 - reported in the table
+            out = {"error": f"{type(err).__name__}: {err}"[:500]}
+        sys.stdout.write("\n" + json.dumps(out) + "\n")
+        return 0
     import platform
     import timm
     from .benchmark import cpu_name
     from .gpu_report import git_commit
     columns = [c for c in COLUMNS if not (c == "hgrn_torch" and args.no_torch_backend)]
     threads = args.threads or os.cpu_count()
-    res = measure(rounds=args.rounds, threads=threads, warmup=args.warmup, iters=args.iters,
+    res = measure(rounds=args.rounds, threads=threads, warmup=args.warmup,
                   columns=columns, timeout=args.timeout,
                   log=lambda s: print(s, file=sys.stderr, flush=True))
     report = {"tool": "hgrn-benchmark --report cpu-recurrence", "columns": columns,
@@ -160,7 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "timm": timm.__version__, "python": platform.python_version(),
                       "backend": auto_backend_name(), "commit": git_commit(),
                       "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rounds": args.rounds,
-                      "warmup": args.warmup, "iters": args.iters},
+                      "warmup": args.warmup},
               **res}
     text = format_markdown(report)
     print(text)
@@ -172,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with open(path, "w") as f:
                 f.write(body)
             print(f"wrote {path}", file=sys.stderr)
-    return 0 if all(r["status"] != "not measured" for r in report["rows"]) else 1
+    return 0 if all(not r["status"].startswith("not measured") for r in report["rows"]) else 1
 
 
 if __name__ == "__main__":
