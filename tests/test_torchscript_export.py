@@ -214,7 +214,11 @@ def test_trace_equals_eager(name):
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, x)
-        torch.testing.assert_close(traced(x), model(x), rtol=0, atol=0)
+        # 1-D: the same op, bitwise. 2-D: the traced mixer adds the rows' and the columns'
+        # h of two hgrn::hgru calls, the fused op adds each scan onto one output: the same
+        # sum in another order (an ulp or so)
+        exact = dict(rtol=0, atol=0) if name == "hgrn_deit_tiny" else dict(rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(traced(x), model(x), **exact)
         # at another size too: traced, HGRU2d runs hgrn::hgru on rows and columns reshaped
         # with traced sizes (the op's int grid width would be recorded as a constant)
         x2 = torch.randn(1, 3, 28, 70)
