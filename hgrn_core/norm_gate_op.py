@@ -12,7 +12,8 @@ saves ``h, gate, weight, bias`` and the ``(B, N)`` statistics ``mean, rstd`` for
 nothing else. Each backend implements ``norm_gate_forward`` / ``norm_gate_backward``; the
 plain torch composition below (``norm_gate_reference_*``) is what the base backend class
 uses, the ``triton`` backend runs one fused kernel each way
-(``hgrn_core.kernels.triton_norm_gate``).
+(``hgrn_core.kernels.triton_norm_gate``), the ``numba`` backend one compiled loop each way
+(``hgrn_core.kernels.numba_norm_gate``).
 
 Call it through :func:`norm_gate`, which validates its inputs; the ops do not. The ops'
 ``backend`` may be ``"auto"``: they resolve it from ``h``'s device at run time

@@ -1,11 +1,14 @@
 """The fused output path ``hgrn_core.norm_gate`` (op ``hgrn::norm_gate``): LayerNorm(h) * SiLU(gate).
 
-Every backend (``triton`` in Triton's interpreter without CUDA, ``torch``, ``reference``)
-against an independent expression, ``F.layer_norm(h) * F.silu(gate)`` differentiated by
+Every backend (``triton`` in Triton's interpreter without CUDA, ``numba`` on the CPU,
+``torch``, ``reference``) against an independent expression, ``F.layer_norm(h) * F.silu(gate)`` differentiated by
 autograd in fp64 from the same (rounded) inputs: the output and the gradients of h, gate,
 weight and bias. Shapes are tiny; the Triton tiling is shrunk with
-``triton_norm_gate.override_config`` so that rows spill over tiles and programs.
+``triton_norm_gate.override_config``, and numba's rows per task, so that rows spill over
+tiles, programs and tasks.
 """
+import contextlib
+import importlib.util
 import os
 
 import pytest
@@ -28,8 +31,11 @@ CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 gpu_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+needs_numba = pytest.mark.skipif(CUDA or importlib.util.find_spec("numba") is None,
+                                 reason="needs numba and CPU tensors")
 
-BACKENDS = [pytest.param("triton", marks=needs_triton), "torch", "reference"]
+BACKENDS = [pytest.param("triton", marks=needs_triton), pytest.param("numba", marks=needs_numba),
+            "torch", "reference"]
 EPS = 1e-5
 # rows per tile / per backward program: B*N = 21 rows spill over both
 SMALL_TILES = dict(block_m=2, rows_per_program=6)
@@ -47,8 +53,19 @@ DTYPES = {
 def _tiles(backend, **cfg):
     if backend == "triton":
         return triton_norm_gate.override_config(**(cfg or SMALL_TILES))
-    import contextlib
+    if backend == "numba":
+        return _numba_rows_per_task(cfg.get("rows_per_program", SMALL_TILES["rows_per_program"]))
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _numba_rows_per_task(rows):
+    from hgrn_core.backends import numba_cpu
+    old, numba_cpu._ROWS_PER_TASK = numba_cpu._ROWS_PER_TASK, rows
+    try:
+        yield
+    finally:
+        numba_cpu._ROWS_PER_TASK = old
 
 
 def _make(B, N, W, act, par, seed=0, gate_view=True, weight=True, bias=True):
@@ -281,13 +298,40 @@ def test_reference_functions_directly():
 
 
 # ------------------------------------------------------------------------------ gradcheck
-@pytest.mark.parametrize("backend", [pytest.param("triton", marks=needs_triton), "torch"])
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=needs_triton),
+                                     pytest.param("numba", marks=needs_numba), "torch"])
 def test_gradcheck_fp64(backend):
     h, _, gate, w, b, _ = _make(2, 3, 3, torch.float64, torch.float64, seed=9, gate_view=False)
     inputs = tuple(t.requires_grad_() for t in (h, gate, w, b))
     with _tiles(backend, block_m=2, rows_per_program=4):
         assert torch.autograd.gradcheck(
             lambda *a: norm_gate(*a, eps=1e-3, backend=backend), inputs, eps=1e-6, atol=1e-8)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_numba_same_bits_on_any_thread_count(dtype):
+    """numba: rows in runs of a fixed length, dweight / dbias summed over the runs in one
+    order: one thread and two give the same bits (150 rows: three tasks, the last short; a
+    width with a vector remainder). And near the torch backend."""
+    h, proj, gate, w, b, dy = _make(3, 50, 100, dtype, torch.float32, seed=21)
+    outs = []
+    threads = torch.get_num_threads()
+    try:
+        for n, backend in ((1, "numba"), (2, "numba"), (threads, "torch")):
+            torch.set_num_threads(n)
+            ts = [t.detach().clone().requires_grad_() for t in (h, proj, w, b)]
+            y = norm_gate(ts[0], ts[1][:, :, -100:], ts[2], ts[3], backend=backend)
+            y.backward(dy)
+            outs.append([y] + [t.grad for t in ts])
+    finally:
+        torch.set_num_threads(threads)
+    names = ("y", "dh", "dproj", "dweight", "dbias")
+    for a, c, name in zip(outs[0], outs[1], names):
+        assert torch.equal(a, c), name
+    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    for a, c, name in zip(outs[0], outs[2], names):
+        _close(a, c, tol, name)
 
 
 # ------------------------------------------------------------------------- compile, autocast

@@ -1,4 +1,5 @@
-"""The ``numba`` backend: the HGRU op (``hgrn::hgru``) as compiled CPU loops.
+"""The ``numba`` backend: the HGRU ops (``hgrn::hgru``, ``hgrn::hgru2d``) and the output path
+(``hgrn::norm_gate``) as compiled CPU loops.
 
 The fused op's forward and backward run the loops of ``hgrn_core.kernels.numba_hgru``
 (Numba, imported only when this backend is loaded): one task per (batch row, block of
@@ -9,8 +10,9 @@ in its own dtype (bf16 / fp16 as raw 16-bit words, widened in the loop). The 2-D
 (``hgrn::hgru2d``) runs the same compiled loops over the patch grid's rows and then, in place
 through strides, its columns, adding into the same output (no transposed copies).
 
-The separate scans (``complex_forward`` ... , the ``hgrn_core.scan`` API) and the norm-gate
-are the torch backend's: only the fused op pays for a compiled loop.
+The norm-gate (``hgrn_core.kernels.numba_norm_gate``) runs a task per run of rows (tokens),
+each row passed over while it sits in L1. The separate scans (``complex_forward`` ... , the
+``hgrn_core.scan`` API) are the torch backend's: only the fused ops pay for a compiled loop.
 
 Threads: ``numba.set_num_threads`` follows torch's thread count on every call; with one
 thread (``torch.set_num_threads(1)``, DataLoader workers) a serial build of the same loop
@@ -29,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import numba_hgru as K
+from ..kernels import numba_norm_gate as KN
 from ..precision import compute_dtype
 from .torch_chunked import TorchBackend
 
@@ -38,6 +41,8 @@ _parallel = threading.Lock()
 # per-task scratch (fp32 words): about 8 per channel and step in backward; keep a task's
 # working set near a core's L2 cache
 _SCRATCH_BYTES = 1 << 20
+# rows (tokens) per task of the norm-gate: enough to amortise a task, few partial sums
+_ROWS_PER_TASK = 64
 
 
 def _storage(t: Tensor) -> np.ndarray:
@@ -99,14 +104,14 @@ def _block(B: int, N: int, d: int, threads: int, widest: int = 64) -> int:
     return min(nb, d)
 
 
-def _block_forward(B: int, d: int, threads: int) -> int:
+def _block_forward(B: int, d: int, threads: int, widest: int = 256) -> int:
     """Channels per task of the forward (no scratch): ``d`` split evenly into the fewest
-    blocks (a multiple of 16, at most 256 wide) that give every thread a task and the threads
-    even shares (or at least two tasks each). Wide tasks read each step's rows as long
+    blocks (a multiple of 16, at most ``widest``) that give every thread a task and the
+    threads even shares (or at least two tasks each). Wide tasks read each step's rows as long
     contiguous runs, which the memory system serves far better than a few cache lines a
     row: at (32, 256, 192) one task per batch row runs the 'both' forward ~1.5x faster than
     blocks of 64, at (2, 4096, 192) ~1.9x faster than blocks of 16."""
-    k = -(-d // 256)
+    k = -(-d // widest)
     while True:
         nb = -(-(-(-d // k)) // 16) * 16
         tasks = B * -(-d // nb)
@@ -124,6 +129,12 @@ def _block_2d(B: int, N: int, d: int, threads: int) -> int:
     many channels of each plane."""
     per = -(-d // -(-d // 256))
     return _block(B, N, d, threads, -(-per // 16) * 16)
+
+
+def _row_tasks(R: int) -> int:
+    """Tasks of the norm-gate: runs of ``_ROWS_PER_TASK`` rows (whatever the thread count, so
+    that dweight / dbias are summed in the same order on any machine), at least one."""
+    return max(1, -(-R // _ROWS_PER_TASK))
 
 
 def _grid_axes(H: int, Wg: int):
@@ -151,7 +162,8 @@ def _run(parallel, serial, *args):
 
 class NumbaBackend(TorchBackend):
     name = "numba"
-    description = "compiled CPU loops (Numba) for the fused HGRU op; torch's chunked scans"
+    description = ("compiled CPU loops (Numba) for the fused HGRU and norm-gate ops; torch's "
+                   "chunked scans")
 
     def is_available(self, device):
         return torch.device(device).type == "cpu"
@@ -242,3 +254,42 @@ class NumbaBackend(TorchBackend):
                 None if lower_bound is None else sums[0],
                 None if theta_f is None else sums[1],
                 None if theta_r is None else sums[2])
+
+    # --- the output path: a task per run of rows; dweight / dbias as per-task partials
+    def norm_gate_forward(self, h, gate, weight, bias, eps):
+        B, N, W = h.shape
+        dt = compute_dtype(h.dtype)
+        y = torch.empty(B, N, W, dtype=h.dtype)
+        mean = torch.empty(B, N, dtype=dt)
+        rstd = torch.empty(B, N, dtype=dt)
+        R = B * N
+        if R:
+            hf, hB, hN = _rows(h)
+            gf, gB, gN = _rows(gate)
+            w, b = _vector(weight, W, dt, 1.0), _vector(bias, W, dt, 0.0)
+            _run(KN.norm_gate_fwd_parallel, KN.norm_gate_fwd_serial, hf, (hB, hN), gf, (gB, gN),
+                 _storage(y).reshape(-1), R, N, W, w, b, w.dtype.type(eps),
+                 mean.numpy().reshape(-1), rstd.numpy().reshape(-1), _row_tasks(R))
+        return y, mean, rstd
+
+    def norm_gate_backward(self, dy, h, gate, weight, bias, mean, rstd, eps):
+        B, N, W = h.shape
+        dt = compute_dtype(h.dtype)
+        dh = torch.empty(B, N, W, dtype=h.dtype)
+        dgate = torch.empty(B, N, W, dtype=gate.dtype)
+        R = B * N
+        ntask = _row_tasks(R)
+        parts = torch.zeros(2, max(ntask, 1), W, dtype=torch.float64)
+        if R:
+            yf, yB, yN = _rows(dy)
+            hf, hB, hN = _rows(h)
+            gf, gB, gN = _rows(gate)
+            w, b = _vector(weight, W, dt, 1.0), _vector(bias, W, dt, 0.0)
+            stat = [t.detach().to(dt).contiguous().reshape(-1).numpy() for t in (mean, rstd)]
+            _run(KN.norm_gate_bwd_parallel, KN.norm_gate_bwd_serial, yf, (yB, yN), hf, (hB, hN),
+                 gf, (gB, gN), _storage(dh).reshape(-1), _storage(dgate).reshape(-1), R, N, W,
+                 w, b, *stat, parts[0].numpy(), parts[1].numpy(), ntask)
+        # summed in fp64 by numpy: the same order whatever the thread count
+        dw, db = torch.from_numpy(parts.numpy().sum(1, dtype=np.float64))
+        return (dh, dgate, None if weight is None else dw.to(weight.dtype),
+                None if bias is None else db.to(bias.dtype))
