@@ -122,6 +122,7 @@ def test_several_channel_blocks_with_a_partial_one(monkeypatch, width):
     from hgrn_core.backends import numba_cpu
     monkeypatch.setattr(numba_cpu, "_block", lambda *a, **k: width)
     monkeypatch.setattr(numba_cpu, "_block_forward", lambda *a, **k: width)
+    monkeypatch.setattr(numba_cpu, "_block_backward", lambda *a, **k: width)
     for direction in DIRECTIONS:
         leaves = _case(2, 9, 70, True, direction)
         _close(_outputs("numba", leaves, direction), _outputs("reference", leaves, direction),
@@ -139,6 +140,17 @@ def test_forward_blocks_are_wide_and_share_the_threads():
     for B, d, t in [(1, 70, 2), (5, 13, 4), (7, 384, 8), (1, 1, 2)]:
         nb = _block_forward(B, d, t)
         assert 1 <= nb <= d and (nb == d or nb % 16 == 0)
+
+
+def test_backward_blocks_are_wide_within_the_scratch_bound():
+    from hgrn_core.backends.numba_cpu import _SCRATCH_BYTES_1D, _block_backward
+    assert _block_backward(8, 196, 192, 2) == 192   # a short sequence: as the forward
+    assert _block_backward(2, 3136, 192, 2) == 64   # 896 px: the scratch bound
+    assert _block_backward(1, 16384, 192, 2) == 16  # the narrowest block
+    for B, N, d, t in [(2, 3136, 384, 2), (1, 65536, 70, 4), (32, 196, 13, 2), (1, 1, 1, 2)]:
+        nb = _block_backward(B, N, d, t)
+        assert 1 <= nb <= d and (nb == d or nb % 16 == 0)
+        assert nb == 16 or 32 * N * nb <= _SCRATCH_BYTES_1D
 
 
 def test_long_sequence_with_decays_near_one():

@@ -41,6 +41,9 @@ _parallel = threading.Lock()
 # per-task scratch (fp32 words): about 8 per channel and step in backward; keep a task's
 # working set near a core's L2 cache
 _SCRATCH_BYTES = 1 << 20
+# the 1-D backward's bound: a few MiB (its tasks are wide; the scratch streams through L2 in
+# order, and long contiguous rows matter more than a cache-sized task)
+_SCRATCH_BYTES_1D = 8 << 20
 # rows (tokens) per task of the norm-gate: enough to amortise a task, few partial sums
 _ROWS_PER_TASK = 64
 
@@ -95,8 +98,9 @@ def _op_inputs(proj: Tensor, lower_bound, theta_f, theta_r):
 
 
 def _block(B: int, N: int, d: int, threads: int, widest: int = 64) -> int:
-    """Channels per task of the backward: ``widest``, halved (not below 16) while a task's
-    scratch exceeds ``_SCRATCH_BYTES`` or there are fewer than four tasks a thread."""
+    """Channels per task of the 2-D op's backward passes (``_block_2d``): ``widest``, halved
+    (not below 16) while a task's scratch exceeds ``_SCRATCH_BYTES`` or there are fewer than
+    four tasks a thread."""
     nb = widest
     while nb // 2 >= 16 and (N * 8 * 4 * nb > _SCRATCH_BYTES or
                              B * -(-d // nb) < 4 * threads):
@@ -118,6 +122,16 @@ def _block_forward(B: int, d: int, threads: int, widest: int = 256) -> int:
         if nb <= 16 or (tasks >= threads and (tasks % threads == 0 or tasks >= 2 * threads)):
             return min(nb, d)
         k += 1
+
+
+def _block_backward(B: int, N: int, d: int, threads: int) -> int:
+    """Channels per task of the 1-D backward: as the forward's, at most as wide as keeps a
+    task's scratch (about 32 bytes a channel and step) within ``_SCRATCH_BYTES_1D``. Wide
+    tasks read long runs of each row: at (8, 196, 192) blocks of 192 against 64 run ~1.2x
+    faster, at (2, 3136, 192) blocks of 64 against 16 ~1.5x (2 threads, this project's VM);
+    at 16,384 tokens the scratch bound keeps them 16 wide."""
+    widest = max(16, min(256, _SCRATCH_BYTES_1D // (32 * max(N, 1)) // 16 * 16))
+    return _block_forward(B, d, threads, widest)
 
 
 def _block_2d(B: int, N: int, d: int, threads: int) -> int:
@@ -197,7 +211,7 @@ class NumbaBackend(TorchBackend):
         dtf = torch.zeros(B, d, dtype=dt)
         dtr = torch.zeros(B, d, dtype=dt)
         dh0 = torch.zeros(B, W, dtype=dt)
-        nb = _block(B, N, d, torch.get_num_threads())
+        nb = _block_backward(B, N, d, torch.get_num_threads())
         _run(K.hgru_bwd_parallel, K.hgru_bwd_serial, flat, (sB, 0, sN), gflat, (gB, 0, gN),
              _storage(dproj).reshape(-1), (N * P, 0, P), 1, B, N, d, W, complex_, lb, cf, sf,
              cr, sr, h0n.numpy(), use_h0, dhNn.numpy(), True, mode, False, dlb.numpy(),
