@@ -28,7 +28,9 @@
   ``host_overhead.py``), ``--report saved-activations [OUTDIR]
   [--cpu-speed]`` (the CPU activation-memory measure, ``saved_activations.py``),
   ``--report cpu-recurrence [OUTDIR]`` (what the recurrence costs on the CPU: hgrn_deit_tiny
-  against its twin without it, ``cpu_recurrence.py``); the
+  against its twin without it, ``cpu_recurrence.py``), ``--report cpu-ops [OUTDIR]`` (the
+  fused ops alone on each CPU backend at the model's layer shapes, against the bytes they
+  must move, ``cpu_ops.py``); the
   arguments after the report's name go to that report (``--report gpu --help``).
 """
 from __future__ import annotations
@@ -460,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
 # report name -> module (in tools/measure/, installed as hgrn_tools.measure) whose main(argv) runs it
 REPORTS = {"gpu": "gpu_report", "gpu-profile": "gpu_profile",
            "saved-activations": "saved_activations", "tune-hgru": "tune_hgru",
-           "host-overhead": "host_overhead", "cpu-recurrence": "cpu_recurrence"}
+           "host-overhead": "host_overhead", "cpu-recurrence": "cpu_recurrence",
+           "cpu-ops": "cpu_ops"}
 
 
 def run_report(argv: Sequence[str]) -> Optional[int]:
