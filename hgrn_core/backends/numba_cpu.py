@@ -293,7 +293,7 @@ class NumbaBackend(TorchBackend):
         dgate = torch.empty(B, N, W, dtype=gate.dtype)
         R = B * N
         ntask = _row_tasks(R)
-        parts = torch.zeros(2, max(ntask, 1), W, dtype=torch.float64)
+        parts = torch.zeros(2, ntask, W, dtype=torch.float64)
         if R:
             yf, yB, yN = _rows(dy)
             hf, hB, hN = _rows(h)

@@ -18,7 +18,6 @@ from numba.extending import intrinsic, overload
 
 FLUSH = 128         # terms summed in the compute dtype before the sums move into fp64
 OPTS = dict(cache=True, nogil=True, error_model="numpy")
-_OPTS = OPTS
 
 
 # ------------------------------------------------------------------- bit-level conversions
@@ -202,7 +201,7 @@ def _ov_cast(ref, v):
         return lambda ref, v: np.float64(v)
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def _sig2(mu, one):
     """(sigmoid(mu), sigmoid(-mu)), each without cancellation."""
     e = _exp(-abs(mu))
@@ -212,7 +211,7 @@ def _sig2(mu, one):
     return (r if pos else er), (er if pos else r)
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def _flush(acc, acc64):
     """Move a run of partial sums into fp64 ones (long sequences sum accurately)."""
     for k in range(acc.shape[0]):
@@ -220,12 +219,12 @@ def _flush(acc, acc64):
         acc[k] = 0
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def _silu(c, one):
     return c / (one + _exp(-c))
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def _fetch(a, i, n):
     """Prefetch the cache lines of ``a[i:i + n]``. The HGRU's walks ask for the rows they
     read a few steps later: their steps are a token row apart (kilobytes, often the next
